@@ -1,0 +1,32 @@
+# strata: `make demo` (set up, then run the main job on the local site) and `make test` (set up, run all tests).
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+APT_PKGS := slurmctld slurmd slurm-client munge libslurm-dev runc busybox-static squashfs-tools
+
+.PHONY: setup demo test test-fast bench clean-state
+setup: $(VENV)/.installed
+	@for exe in slurmctld slurmd scontrol munged mungekey runc; do \
+	  command -v $$exe >/dev/null || { echo "installing Debian packages: $(APT_PKGS)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; break; }; \
+	done
+
+# torch first: 2.13.0 is a CPU wheel on local disk; pyproject's torch>=2.4 then installs nothing more.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: setup
+	@$(VENV)/bin/python -m strata.demo
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not e2e"
+
+bench: setup
+	$(PY) bench/bench_plan.py
+	$(PY) bench/bench_move.py

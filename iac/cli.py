@@ -1,0 +1,153 @@
+"""`strata up|down|status|plan|apply|env`: the IaC layer's commands (mounted by strata/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import wraps
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from iac.layout import state_root
+from iac.site import SiteError, load_site
+
+console = Console()
+err = Console(stderr=True)
+DEFAULT_SITE = "sites/local.yaml"
+
+
+def site_option() -> str:
+    return typer.Option(DEFAULT_SITE, "--site", help="Site file.", envvar="STRATA_SITE")
+
+
+def handle_errors(fn):
+    """User errors exit with a message, no traceback: 2 for bad input, 1 for a failed operation."""
+    from iac.ops import StateError
+    from services.ansible.runner import AnsibleError
+    from services.slurm.control import SlurmError
+    from services.slurm.daemons import DaemonError
+
+    @wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except SiteError as e:
+            err.print(f"[red]error:[/] invalid site file\n{e}", markup=True, highlight=False)
+            raise typer.Exit(2)
+        except (DaemonError, StateError, AnsibleError, SlurmError) as e:
+            err.print(f"[red]error:[/] {e}", highlight=False)
+            raise typer.Exit(1)
+    return wrapper
+
+
+def ops_for(site_path: str):
+    from iac.ops import SiteOps
+
+    site = load_site(site_path)
+    return SiteOps(site, state_root(), say=lambda m: console.print(m, highlight=False))
+
+
+def _report(outcomes) -> None:
+    if not outcomes:
+        console.print("nothing to do: every node is where the site file puts it")
+        return
+    bad = [o for o in outcomes if not o.ok]
+    for o in outcomes:
+        colour = "green" if o.ok else "red"
+        console.print(f"[{colour}]{o.result:8}[/] {o.node}: {o.source or 'free pool'} -> {o.target or 'free pool'}"
+                      + (f"  ({o.detail})" if o.detail else ""), highlight=False)
+    if bad:
+        err.print(f"[red]{len(bad)} node(s) not moved[/]; see above")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the IaC commands on the root app."""
+
+    @app.command()
+    @handle_errors
+    def up(site: str = site_option()):
+        """Start the site's daemons; on a fresh state dir also admit every node to its vCluster."""
+        ops = ops_for(site)
+        _report(ops.up())
+        plan = ops.plan()
+        if not plan.empty:
+            console.print(f"[yellow]the site file differs from the running site:[/] {'; '.join(plan.summary())}; run `strata apply`")
+
+    @app.command()
+    @handle_errors
+    def down(site: str = site_option(), purge: bool = typer.Option(False, help="Also delete the site's state dir.")):
+        """Stop every daemon of the site (by pid); keep its state unless --purge."""
+        ops = ops_for(site)
+        ops.down(purge=purge)
+        console.print(f"site {ops.site.name} is down" + (f"; deleted {ops.layout.root}" if purge else ""))
+
+    @app.command()
+    @handle_errors
+    def plan(site: str = site_option(), as_json: bool = typer.Option(False, "--json", help="Machine-readable.")):
+        """List the node moves that `strata apply` would make."""
+        p = ops_for(site).plan()
+        if as_json:
+            print(json.dumps(p.to_json(), indent=2))
+            return
+        if p.empty and not p.problems:
+            console.print("no changes: every node is where the site file puts it")
+        for m in p.moves:
+            console.print(f"move    {m.describe()}", highlight=False)
+        for n in p.finish:
+            console.print(f"finish  {n}: resume after an interrupted move", highlight=False)
+        for pr in p.problems:
+            err.print(f"[red]problem[/] {pr}", highlight=False)
+        if p.problems:
+            raise typer.Exit(1)
+
+    @app.command()
+    @handle_errors
+    def apply(
+        site: str = site_option(),
+        timeout: float = typer.Option(600, help="Seconds to wait for a node's jobs to end."),
+        force: bool = typer.Option(False, help="Requeue jobs instead of waiting; also move nodes drained by others."),
+    ):
+        """Move nodes between vClusters until the running site matches the site file."""
+        _report(ops_for(site).apply(timeout=timeout, force=force))
+
+    @app.command()
+    @handle_errors
+    def status(site: str = site_option(), as_json: bool = typer.Option(False, "--json", help="Machine-readable.")):
+        """Platforms, vClusters and nodes with their Slurm state."""
+        st = ops_for(site).status()
+        if as_json:
+            print(json.dumps(st, indent=2))
+            return
+        t = Table(title=f"site {st['site']}  ({st['state_dir']})")
+        for col in ("platform", "vCluster", "controller", "node", "slurm state", "reason", "slurmd"):
+            t.add_column(col)
+        for p in st["platforms"]:
+            for v in p["vclusters"]:
+                ctl = f"{v['controller']} :{v['port']}"
+                if not v["nodes"]:
+                    t.add_row(p["platform"], v["vcluster"], ctl, "-", "", "", "")
+                for i, n in enumerate(v["nodes"]):
+                    note = f" -> {n['moving_to']}" if n["moving_to"] else ""
+                    t.add_row(p["platform"] if i == 0 else "", v["vcluster"] if i == 0 else "", ctl if i == 0 else "",
+                              n["node"], n["state"] + note, n["reason"], n["slurmd"])
+        for i, n in enumerate(st["free_pool"]):
+            note = f"moving -> {n['moving_to']}" if n["moving_to"] else "free"
+            t.add_row("" if i else "(free pool)", "", "", n["node"], note, "", "stopped")
+        console.print(t)
+
+    @app.command()
+    @handle_errors
+    def env(vcluster: str, site: str = site_option()):
+        """Print `export SLURM_CONF=…` so that plain sinfo/sbatch/srun talk to VCLUSTER."""
+        from iac.layout import Layout
+
+        s = load_site(site)
+        if vcluster not in s.vclusters:
+            err.print(f"[red]error:[/] no vCluster {vcluster!r} in {site}; known: {', '.join(s.vclusters)}")
+            raise typer.Exit(2)
+        print(f"export SLURM_CONF={Layout.of(s, state_root()).slurm_conf(vcluster)}")

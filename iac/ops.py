@@ -1,0 +1,161 @@
+"""Site operations behind `strata up/down/plan/apply/status` and the Pulumi provider (one code path)."""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from iac.drivers import local
+from iac.journal import Journal
+from iac.layout import Layout
+from iac.moves import MOVING, MoveRunner, Outcome
+from iac.plan import Plan, make_plan
+from iac.plane import Plane, configure_nodes, running_slurmd, stop_slurmd
+from iac.site import Site
+from services.slurm.control import SlurmError
+from services.slurm.daemons import DaemonError, check_installed
+
+
+class StateError(Exception):
+    """The observed state is inconsistent or a daemon is missing; the message says what to do."""
+
+
+class SiteOps:
+    def __init__(self, site: Site, state: Path | None = None, say: Callable[[str], None] = print):
+        self.site = site
+        self.layout = Layout.of(site, state)
+        self.say = say
+        self.planes = {v: Plane(site, self.layout, v) for v in site.vclusters}
+        self.journal = Journal(self.layout.journal)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One operation at a time per site (Pulumi updates resources in parallel)."""
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        with open(self.layout.lock, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    # ---- observing ----
+    def observe(self) -> dict[str, str | None]:
+        """Owner of every site node as the rendered slurm.conf files say (None = free pool)."""
+        owner: dict[str, str | None] = dict.fromkeys(self.site.nodes)
+        for v, plane in self.planes.items():
+            for n in plane.members():
+                if owner.get(n):
+                    raise StateError(f"{n} is listed in the slurm.conf of both {owner[n]} and {v}; this is a bug, report it")
+                owner[n] = v
+        return owner
+
+    def pending_resume(self, observed: dict[str, str | None]) -> set[str]:
+        """Nodes in their vCluster whose move did not reach its resume step."""
+        pending = {n for n, t in self.journal.moving().items() if (observed.get(n) or "free") == t and observed.get(n)}
+        for v, plane in self.planes.items():
+            if not plane.ctld.pid():
+                continue
+            for n, st in plane.slurm.nodes().items():
+                if st.drain and st.reason.startswith(MOVING):
+                    pending.add(n)
+        return pending
+
+    def plan(self, desired: dict[str, str | None] | None = None) -> Plan:
+        observed = self.observe()
+        return make_plan(self.site, observed, self.pending_resume(observed), desired)
+
+    def fresh(self) -> bool:
+        return not any(self.layout.slurm_conf(v).exists() for v in self.site.vclusters)
+
+    # ---- lifecycle ----
+    def _start(self) -> None:
+        """Start every controller and the slurmd of every observed member (idempotent)."""
+        check_installed()
+        for plane in self.planes.values():
+            plane.up()
+        missing: dict[str, str | None] = {}
+        for node, owner in self.observe().items():
+            if owner and not running_slurmd(self.layout, node):
+                local.reboot(self.site.nodes[node], self.layout.node_root(node), owner, self.site.image_of(owner))
+                missing[node] = owner
+        if missing:
+            configure_nodes(self.site, self.layout, missing, "start")
+            self.say(f"started slurmd on {len(missing)} node(s)")
+
+    def up(self) -> list[Outcome]:
+        """Bring the site up as it was; on a fresh state dir, admit every node to its vCluster."""
+        with self.locked():
+            fresh = self.fresh()
+            self._start()
+            if fresh:
+                return self._apply(None, timeout=60, force=False)
+            return []
+
+    def down(self, purge: bool = False) -> None:
+        """Stop every daemon of the site by pid; keep the state unless purge."""
+        with self.locked():
+            for node in self.site.nodes:
+                stop_slurmd(self.layout, node)
+            for plane in self.planes.values():
+                plane.down()
+        if purge:
+            shutil.rmtree(self.layout.root, ignore_errors=True)
+
+    def apply(
+        self, desired: dict[str, str | None] | None = None, timeout: float = 600, force: bool = False
+    ) -> list[Outcome]:
+        """Move nodes until observed owners equal `desired` (default: the site file's)."""
+        with self.locked():
+            self._start()
+            return self._apply(desired, timeout, force)
+
+    def _apply(self, desired, timeout: float, force: bool) -> list[Outcome]:
+        plan = self.plan(desired)
+        if plan.problems:
+            raise StateError("\n".join(plan.problems))
+        runner = MoveRunner(self.site, self.layout, self.planes, self.journal, timeout=timeout, force=force, say=self.say)
+        return runner.run(plan)
+
+    # ---- status ----
+    def status(self) -> dict:
+        """Platforms -> vClusters -> nodes with their Slurm state, plus the free pool."""
+        observed = self.observe()
+        moving = self.journal.moving()
+        out = {"site": self.site.name, "state_dir": str(self.layout.root), "platforms": [], "free_pool": []}
+        for pname, plat in self.site.spec.platforms.items():
+            vcs = []
+            for v in plat.vclusters:
+                plane = self.planes[v]
+                up = plane.running()
+                states = {}
+                if up:
+                    try:
+                        states = plane.slurm.nodes()
+                    except SlurmError:
+                        up = False
+                nodes = []
+                for n in plane.members():
+                    st = states.get(n)
+                    nodes.append({
+                        "node": n,
+                        "state": st.short if st else ("unknown" if up else "controller down"),
+                        "reason": st.reason if st else "",
+                        "slurmd": "running" if running_slurmd(self.layout, n) else "stopped",
+                        "moving_to": moving.get(n) if moving.get(n) not in (None, v) else None,
+                        "wanted": self.site.desired.get(n),
+                    })
+                vcs.append({
+                    "vcluster": v, "controller": "running" if up else "stopped",
+                    "port": self.layout.ctld_port(v), "slurm_conf": str(plane.conf),
+                    "image": self.site.image_of(v), "nodes": nodes,
+                })
+            out["platforms"].append({"platform": pname, "vclusters": vcs})
+        out["free_pool"] = [
+            {"node": n, "moving_to": moving.get(n), "wanted": self.site.desired.get(n)}
+            for n, o in observed.items() if o is None
+        ]
+        return out
+
+
+__all__ = ["SiteOps", "StateError", "DaemonError"]

@@ -1,0 +1,115 @@
+"""A vCluster's control plane (munged + slurmctld + rendered configs) and its nodes' slurmd.
+
+Observed membership is what the rendered slurm.conf files say: a node is a member of the vCluster whose
+slurm.conf lists it, and in the free pool when none does. Each conf write is atomic, and a move writes the
+source (without the node) strictly before the target (with it), so no node is ever in two.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from iac.layout import Layout
+from iac.site import Site
+from iac.slurm_inputs import slurm_cluster
+from services.ansible.runner import run_playbook
+from services.slurm.control import SlurmClient
+from services.slurm.daemons import Munged, Slurmctld, Slurmd, owned_pid, stop_pid
+from services.slurm.files import write_atomic
+from services.slurm.render import conf_members, render_gres_conf, render_slurm_conf
+
+
+class Plane:
+    """One vCluster's control plane."""
+
+    def __init__(self, site: Site, layout: Layout, name: str):
+        self.site, self.layout, self.name = site, layout, name
+        self.conf = layout.slurm_conf(name)
+        self.munged = Munged(layout.munge_dir(name), f"vCluster {name}")
+        self.ctld = Slurmctld(
+            self.conf, layout.ctld_pidfile(name), layout.log_dir(name) / "slurmctld.log",
+            layout.ctld_port(name), f"vCluster {name}",
+        )
+        self.slurm = SlurmClient(self.conf)
+
+    def members(self) -> list[str]:
+        """Nodes the rendered slurm.conf lists (empty if never rendered)."""
+        try:
+            return conf_members(self.conf.read_text())
+        except FileNotFoundError:
+            return []
+
+    def write_configs(self, members: list[str]) -> bool:
+        """Render slurm.conf + gres.conf for exactly `members`; True if slurm.conf changed."""
+        c = slurm_cluster(self.site, self.layout, self.name, members)
+        # gres.conf first: the slurm.conf write is the commit point of a membership change
+        write_atomic(self.conf.with_name("gres.conf"), render_gres_conf(c))
+        return write_atomic(self.conf, render_slurm_conf(c))
+
+    def running(self) -> bool:
+        return bool(self.munged.pid() and self.ctld.pid())
+
+    def up(self) -> None:
+        """Start munged and slurmctld (idempotent); renders an empty conf the first time."""
+        if not self.conf.exists():
+            self.write_configs([])
+        self.layout.ctld_dir(self.name).mkdir(parents=True, exist_ok=True)
+        self.munged.start()
+        self.ctld.start()
+
+    def set_members(self, members: list[str]) -> None:
+        """Change membership: write the conf, restart the controller, let the other slurmds re-read it."""
+        if not self.write_configs(members) and self.ctld.pid():
+            return
+        self.munged.start()
+        self.ctld.restart()
+        if self.members():
+            self.slurm.reconfigure()
+
+    def down(self) -> None:
+        self.ctld.stop()
+        self.munged.stop()
+
+
+def slurmd_of(layout: Layout, vcluster: str, node: str) -> Slurmd:
+    d = layout.node_dir(node)
+    return Slurmd(layout.slurm_conf(vcluster), node, layout.slurmd_pidfile(node), d / "log/slurmd.log",
+                  layout.node_port(node))
+
+
+def running_slurmd(layout: Layout, node: str) -> int | None:
+    """Pid of the node's slurmd, whichever vCluster it serves."""
+    return owned_pid(layout.slurmd_pidfile(node), "slurmd", node)
+
+
+def stop_slurmd(layout: Layout, node: str) -> bool:
+    """Stop the node's slurmd by pid, whichever vCluster it serves; True if one was running."""
+    pid = running_slurmd(layout, node)
+    if pid:
+        stop_pid(pid, f"slurmd of {node}")
+    return bool(pid)
+
+
+def configure_nodes(site: Site, layout: Layout, owners: dict[str, str | None], label: str) -> None:
+    """Run the slurm_node playbook: slurmd started for nodes given a vCluster, stopped for None."""
+    if not owners:
+        return
+    hosts = {}
+    for node, vc in owners.items():
+        d = layout.node_dir(node)
+        # a stopped node's slurmd is found by pid; its conf path only matters for starting
+        conf = layout.slurm_conf(vc) if vc else Path("/dev/null")
+        hosts[node] = {
+            "slurm_node_state": "started" if vc else "stopped",
+            "strata_vcluster": vc or "",
+            "strata_image": site.image_of(vc),
+            "strata_node_root": str(layout.node_root(node)),
+            "slurm_conf": str(conf),
+            "slurmd_spool": str(d / "spool"),
+            "slurmd_pidfile": str(layout.slurmd_pidfile(node)),
+            "slurmd_log": str(d / "log/slurmd.log"),
+            "slurmd_port": layout.node_port(node),
+            "strata_python": sys.executable,
+        }
+    run_playbook("slurm_node", hosts, layout.ansible_dir, label)

@@ -1,0 +1,356 @@
+"""The site model: the shared vocabulary of every layer (pure data + validation).
+
+A site file lists the bare-metal nodes (hardware facts, labels) and groups them into platforms and
+vClusters. Nodes in no vCluster form the free pool. `load_site` turns a YAML file into a frozen `Site`
+or raises `SiteError` whose lines name the file, the key path and a fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import hostlist
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_RE = r"^[a-z][a-z0-9_-]{0,30}$"
+FREE_POOL = None  # the owner of a node that belongs to no vCluster
+
+
+class SiteError(Exception):
+    """Invalid site file: each line names the file, the key path and a fix."""
+
+    def __init__(self, path: str | Path, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
+
+
+def expand_nodes(expr: str) -> list[str]:
+    """Expand a hostlist (`nid[001-004],nid010`) into node names; '' is the empty list."""
+    if not expr.strip():
+        return []
+    try:
+        return hostlist.expand_hostlist(expr)
+    except hostlist.BadHostlist as e:
+        raise ValueError(
+            f"{expr!r} is not a valid hostlist ({e}); write ranges like nid[001-006] or nid001,nid003"
+        ) from None
+
+
+def collect_nodes(names: list[str] | set[str]) -> str:
+    """Compress node names into a hostlist (`nid[001-004]`), sorted for stable output."""
+    return hostlist.collect_hostlist(sorted(names)) if names else ""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Gpus(_Model):
+    """The GPUs of one node."""
+
+    model: str = Field("gh200", pattern=r"^[a-z0-9_]+$", description="GPU model, also the Slurm GRES type.")
+    count: int = Field(0, ge=0, le=16, description="GPUs per node.")
+    memory_gib: float = Field(96, gt=0, le=1024, description="Memory per GPU in GiB.")
+    vboost: bool = Field(False, description="The GPUs support NVIDIA vBoost (feature nvidia_vboost_*).")
+
+
+class Hardware(_Model):
+    """Hardware facts of a node, as Slurm should announce them."""
+
+    cpus: int = Field(gt=0, le=4096, description="Logical CPUs Slurm may allocate.")
+    memory_gib: float = Field(gt=0, le=65536, description="Memory Slurm may allocate, in GiB.")
+    arch: Literal["aarch64", "x86_64"] = Field("aarch64", description="CPU architecture.")
+    gpus: Gpus = Field(default_factory=Gpus, description="GPUs of the node.")
+
+
+class NodeGroup(_Model):
+    """Nodes that share hardware and labels, named by one hostlist."""
+
+    names: str = Field(description="Hostlist of node names, e.g. nid[001-008].")
+    hardware: Hardware
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels (rack, cabinet, …).")
+
+    @field_validator("names")
+    @classmethod
+    def _names_are_hostlist(cls, v: str) -> str:
+        names = expand_nodes(v)
+        if not names:
+            raise ValueError("no nodes named; give a hostlist such as nid[001-008]")
+        bad = [n for n in names if not re.match(r"^[a-z][a-z0-9-]*$", n)]
+        if bad:
+            raise ValueError(f"bad node name {bad[0]!r}: use lower-case letters, digits and '-'")
+        return v
+
+
+class Partition(_Model):
+    """A Slurm partition of a vCluster."""
+
+    name: str = Field(pattern=NAME_RE)
+    default: bool = Field(False, description="Jobs without -p go here.")
+    max_time: str = Field("INFINITE", description="Slurm MaxTime (e.g. 12:00:00).")
+    nodes: str | None = Field(None, description="Hostlist of the nodes it spans; default: all members.")
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes_are_hostlist(cls, v: str | None) -> str | None:
+        if v is not None:
+            expand_nodes(v)
+        return v
+
+
+VSERVICES = ("slurm", "container-engine", "jupyter", "firecrest")
+
+
+class VCluster(_Model):
+    """A software-defined cluster: its nodes, the image they boot, its partitions and vServices."""
+
+    nodes: str = Field("", description="Hostlist of member nodes; '' for none.")
+    image: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]+$", description="Image booted by its nodes.")
+    partitions: tuple[Partition, ...] = Field(
+        (Partition(name="normal", default=True),), description="Slurm partitions."
+    )
+    vservices: tuple[Literal[VSERVICES], ...] = Field(("slurm",), description="vServices offered.")  # type: ignore[valid-type]
+    description: str = ""
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return "" if v is None else v
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes_are_hostlist(cls, v: str) -> str:
+        expand_nodes(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_default_partition(self) -> "VCluster":
+        names = [p.name for p in self.partitions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"partition names repeat: {names}")
+        if sum(p.default for p in self.partitions) > 1:
+            raise ValueError("more than one partition has default: true; keep one")
+        return self
+
+
+class Platform(_Model):
+    """A group of vClusters serving one community (ml, hpc, climate)."""
+
+    description: str = ""
+    vclusters: dict[str, VCluster] = Field(default_factory=dict)
+
+
+class Ports(_Model):
+    """TCP ports of the local driver's daemons (all on this host)."""
+
+    base: int | None = Field(
+        None, ge=1024, le=64000, description="First port; default derived from the state dir."
+    )
+
+
+class SiteSpec(_Model):
+    """The site file, as written."""
+
+    site: str = Field(pattern=NAME_RE, description="Site name; also the state dir's subfolder.")
+    driver: Literal["local", "ssh"] = Field("local", description="How nodes are reached.")
+    ports: Ports = Field(default_factory=Ports)
+    nodes: tuple[NodeGroup, ...] = Field(description="Node groups.")
+    platforms: dict[str, Platform] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One bare-metal node, expanded from its group."""
+
+    name: str
+    index: int  # position in the site file; fixes the node's port on the local driver
+    hardware: Hardware
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A validated site: nodes by name, vClusters by name, and who owns each node."""
+
+    spec: SiteSpec
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.site
+
+    @cached_property
+    def nodes(self) -> dict[str, Node]:
+        out: dict[str, Node] = {}
+        for group in self.spec.nodes:
+            for name in expand_nodes(group.names):
+                out[name] = Node(name, len(out), group.hardware, dict(group.labels))
+        return out
+
+    @cached_property
+    def vclusters(self) -> dict[str, VCluster]:
+        return {n: v for p in self.spec.platforms.values() for n, v in p.vclusters.items()}
+
+    @cached_property
+    def platform_of(self) -> dict[str, str]:
+        return {n: p for p, plat in self.spec.platforms.items() for n in plat.vclusters}
+
+    @cached_property
+    def desired(self) -> dict[str, str | None]:
+        """Owner of every node as the file says: a vCluster name or None (free pool)."""
+        owner: dict[str, str | None] = dict.fromkeys(self.nodes, FREE_POOL)
+        for vname, vc in self.vclusters.items():
+            for n in expand_nodes(vc.nodes):
+                owner[n] = vname
+        return owner
+
+    def members(self, vcluster: str) -> list[str]:
+        """Nodes the site file puts in `vcluster`, in site order."""
+        return [n for n, v in self.desired.items() if v == vcluster]
+
+    def image_of(self, vcluster: str | None) -> str:
+        """The image a node boots into for its vCluster (the free pool boots `free`)."""
+        if vcluster is None:
+            return "free"
+        return self.vclusters[vcluster].image or vcluster
+
+    def vcluster_index(self, vcluster: str) -> int:
+        return list(self.vclusters).index(vcluster)
+
+
+# ---- loading and error messages -------------------------------------------------------------------
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+_CHILDREN: dict[tuple[type, str], tuple[type, bool]] = {
+    # (model, field) -> (child model, whether the field is a mapping keyed by a name)
+    (SiteSpec, "ports"): (Ports, False),
+    (SiteSpec, "nodes"): (NodeGroup, False),
+    (SiteSpec, "platforms"): (Platform, True),
+    (NodeGroup, "hardware"): (Hardware, False),
+    (Hardware, "gpus"): (Gpus, False),
+    (Platform, "vclusters"): (VCluster, True),
+    (VCluster, "partitions"): (Partition, False),
+}
+
+
+def _parent_model(loc: tuple) -> type:
+    """The model that holds the key at loc[-1], found by walking loc from the top."""
+    model: type = SiteSpec
+    skip_name = False
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if skip_name:
+            skip_name = False
+            continue
+        model, skip_name = _CHILDREN.get((model, part), (model, False))
+    return model
+
+
+def _did_you_mean(key: str, loc: tuple) -> str:
+    fields = sorted(_parent_model(loc).model_fields)
+    match = difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
+    hint = f"did you mean {match[0]!r}?" if match else f"allowed keys here: {', '.join(fields)}"
+    return f"; {hint}"
+
+
+def _explain(err: dict) -> str:
+    loc = tuple(err["loc"])
+    path = _key_path(loc)
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown key {loc[-1]!r}{_did_you_mean(str(loc[-1]), loc)}"
+    if err["type"] == "missing":
+        return f"{path}: required key is missing; add it (see sites/local.yaml for an example)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error":  # our own validators already say what to write
+        return f"{path}: {msg}"
+    value = err.get("input")
+    shown = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) else ""
+    return f"{path}: {msg}{shown}; fix the value (see sites/local.yaml for an example)"
+
+
+def _cross_checks(spec: SiteSpec) -> list[str]:
+    """Checks that span several keys: duplicates, unknown nodes, a node in two vClusters."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for i, group in enumerate(spec.nodes):
+        for n in expand_nodes(group.names):
+            if n in seen:
+                problems.append(
+                    f"nodes[{i}].names: node {n} is already listed in nodes[{seen[n]}].names; list each node once"
+                )
+            seen.setdefault(n, i)
+    owner: dict[str, str] = {}
+    vnames: dict[str, str] = {}
+    for pname, plat in spec.platforms.items():
+        if not re.match(NAME_RE, pname):
+            problems.append(f"platforms.{pname}: bad platform name; use lower-case letters, digits, '-' or '_'")
+        for vname, vc in plat.vclusters.items():
+            key = f"platforms.{pname}.vclusters.{vname}"
+            if not re.match(NAME_RE, vname):
+                problems.append(f"{key}: bad vCluster name; use lower-case letters, digits, '-' or '_'")
+            if vname in vnames:
+                problems.append(f"{key}: vCluster {vname} is also defined in platform {vnames[vname]}; rename one")
+            vnames.setdefault(vname, pname)
+            members = expand_nodes(vc.nodes)
+            unknown = [n for n in members if n not in seen]
+            if unknown:
+                problems.append(
+                    f"{key}.nodes: {collect_nodes(unknown)} not listed under nodes:; add them there or remove them here"
+                )
+            for n in members:
+                if n in owner and owner[n] != vname:
+                    problems.append(
+                        f"{key}.nodes: node {n} is also in vCluster {owner[n]}; a node belongs to one vCluster, remove it from one of them"
+                    )
+                owner.setdefault(n, vname)
+            for j, part in enumerate(vc.partitions):
+                outside = [n for n in expand_nodes(part.nodes or "") if n not in seen]
+                if outside:
+                    problems.append(
+                        f"{key}.partitions[{j}].nodes: {collect_nodes(outside)} not listed under nodes:; fix the hostlist"
+                    )
+    return problems
+
+
+def parse_site(data: Any, path: str | Path) -> Site:
+    """Validate already-parsed YAML data as a site; raise SiteError listing every problem."""
+    if not isinstance(data, dict):
+        raise SiteError(path, ["(top level): expected a mapping with keys site, nodes, platforms"])
+    try:
+        spec = SiteSpec.model_validate(data)
+    except ValidationError as e:
+        raise SiteError(path, [_explain(err) for err in e.errors()]) from None
+    problems = _cross_checks(spec)
+    if problems:
+        raise SiteError(path, problems)
+    return Site(spec=spec, path=Path(path))
+
+
+def load_site(path: str | Path) -> Site:
+    """Read and validate a site file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SiteError(p, ["file not found; pass --site PATH (default sites/local.yaml)"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(parse)"
+        raise SiteError(p, [f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax"]) from None
+    return parse_site(data, p)

@@ -1,0 +1,63 @@
+"""Build the render inputs of a vCluster's Slurm configuration from the site and its state layout."""
+
+from __future__ import annotations
+
+import socket
+
+from iac.layout import Layout
+from iac.site import Site, expand_nodes
+from services.slurm.render import SlurmCluster, SlurmNode, SlurmPartition
+
+
+def node_features(site: Site, node: str) -> tuple[str, ...]:
+    """Features a node announces: its GPU model and CPU architecture (selectable with -C)."""
+    hw = site.nodes[node].hardware
+    return tuple(sorted({hw.arch, *([hw.gpus.model] if hw.gpus.count else [])}))
+
+
+def slurm_node(site: Site, layout: Layout, node: str) -> SlurmNode:
+    hw = site.nodes[node].hardware
+    local = site.spec.driver == "local"
+    gpu_dev = f"{layout.node_root(node)}/dev" if local else "/dev"
+    files = f"{gpu_dev}/nvidia[0-{hw.gpus.count - 1}]" if hw.gpus.count > 1 else f"{gpu_dev}/nvidia0"
+    return SlurmNode(
+        name=node,
+        cpus=hw.cpus,
+        real_memory_mb=int(hw.memory_gib * 1024),
+        gpus=hw.gpus.count,
+        gpu_type=hw.gpus.model,
+        gpu_files=files if hw.gpus.count else "",
+        features=node_features(site, node),
+        hostname=socket.gethostname() if local else None,
+        addr="127.0.0.1" if local else None,
+        port=layout.node_port(node) if local else None,
+    )
+
+
+def slurm_cluster(site: Site, layout: Layout, vcluster: str, members: list[str]) -> SlurmCluster:
+    """The render input for `vcluster` with exactly `members` as its nodes."""
+    vc = site.vclusters[vcluster]
+    local = site.spec.driver == "local"
+    nodes_dir = layout.nodes_dir
+    parts = []
+    for p in vc.partitions:
+        span = set(expand_nodes(p.nodes)) if p.nodes is not None else set(members)
+        parts.append(SlurmPartition(p.name, tuple(n for n in members if n in span), p.default, p.max_time))
+    return SlurmCluster(
+        name=vcluster,
+        source=str(site.path),
+        ctld_host=socket.gethostname() if local else f"{vcluster}-ctld",
+        ctld_addr="127.0.0.1" if local else None,
+        ctld_port=layout.ctld_port(vcluster),
+        munge_socket=str(layout.munge_socket(vcluster)),
+        state_dir=str(layout.ctld_dir(vcluster)),
+        ctld_pidfile=str(layout.ctld_pidfile(vcluster)),
+        ctld_log=str(layout.log_dir(vcluster) / "slurmctld.log"),
+        slurmd_spool=f"{nodes_dir}/%n/spool" if local else "/var/spool/slurmd",
+        slurmd_pidfile=f"{nodes_dir}/%n/slurmd.pid" if local else "/run/slurmd.pid",
+        slurmd_log=f"{nodes_dir}/%n/log/slurmd.log" if local else "/var/log/slurm/slurmd.log",
+        config_overrides=local,
+        max_node_count=max(64, 2 * len(site.nodes)),
+        nodes=tuple(slurm_node(site, layout, n) for n in members),
+        partitions=tuple(parts),
+    )

@@ -1,0 +1,1 @@
+"""Swappable parts of the trainer: optimizer, schedule, checkpoints, metrics, signals."""
