@@ -4,8 +4,10 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 APT_PKGS := slurmctld slurmd slurm-client munge libslurm-dev runc busybox-static squashfs-tools
 
-.PHONY: setup demo test test-fast bench clean-state
-setup: $(VENV)/.installed
+.PHONY: setup apt demo test test-fast bench
+setup: apt $(VENV)/.installed
+
+apt:
 	@for exe in slurmctld slurmd scontrol munged mungekey runc; do \
 	  command -v $$exe >/dev/null || { echo "installing Debian packages: $(APT_PKGS)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; break; }; \

@@ -16,7 +16,7 @@ from iac.layout import state_root
 from iac.site import SiteError, load_site
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 DEFAULT_SITE = "sites/local.yaml"
 
 

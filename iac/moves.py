@@ -193,22 +193,29 @@ class MoveRunner:
             for m in group:
                 self.journal.record("admit", "start", m.node)
             members = set(plane.members()) | {m.node for m in group}
-            plane.set_members([n for n in self.site.nodes if n in members])
+            plane.set_members([n for n in self.site.nodes if n in members], reload=False)
             # drained before its slurmd starts, so no job lands before resume
             plane.slurm.drain([m.node for m in group], move_reason(target))
         configure_nodes(self.site, self.layout, {m.node: m.target for m in moves}, "admit")
+        for target in sorted({m.target for m in moves}):
+            self.planes[target].reload_slurmds()  # every member re-reads the new slurm.conf
         for m in moves:
             self.journal.record("admit", "done", m.node)
         for target in sorted({m.target for m in moves}):
             self.say(f"admit   {collect_nodes([m.node for m in moves if m.target == target])} into {target}")
 
     def resume(self, moves: list[Move], register_timeout: float = 60.0) -> None:
-        """Once registered, resume nodes we drained; restore an admin's drain carried by --force."""
+        """Once registered, resume nodes we drained; restore an admin's drain carried by --force.
+
+        Slurm flags a resumed node not responding until its next ping (~1 s, `idle*`): the step ends
+        when the node answers again, so a move hands back a node that takes jobs.
+        """
         for target in sorted({m.target for m in moves}):
             plane = self.planes[target]
             pending = {m.node for m in moves if m.target == target}
             for n in pending:
                 self.journal.record("resume", "start", n)
+            resumed: set[str] = set()
             deadline = time.monotonic() + register_timeout
             while pending:
                 states = plane.slurm.nodes()
@@ -216,7 +223,10 @@ class MoveRunner:
                     st = states.get(n)
                     if st is None or not st.responding:
                         continue
-                    pending.discard(n)
+                    if n in resumed:
+                        pending.discard(n)
+                        self.journal.record("resume", "done", n)
+                        continue
                     carried = self.journal.carried_reason(n)
                     if carried:
                         plane.slurm.drain([n], carried)
@@ -224,7 +234,7 @@ class MoveRunner:
                     elif st.drain and st.reason.startswith(MOVING):
                         plane.slurm.resume([n])
                         self.say(f"resume  {n} in {target}")
-                    self.journal.record("resume", "done", n)
+                    resumed.add(n)
                 if pending and time.monotonic() > deadline:
                     for n in pending:
                         log = self.layout.node_dir(n) / "log/slurmd.log"

@@ -81,16 +81,19 @@ class SiteOps:
                 missing[node] = owner
         if missing:
             configure_nodes(self.site, self.layout, missing, "start")
+            for v in sorted(set(missing.values())):
+                self.planes[v].reload_slurmds()
             self.say(f"started slurmd on {len(missing)} node(s)")
 
     def up(self) -> list[Outcome]:
-        """Bring the site up as it was; on a fresh state dir, admit every node to its vCluster."""
+        """Bring the site up as it was; on a fresh state dir, admit every node to its vCluster.
+
+        Otherwise no node moves, but a move interrupted before its last step (resume) is finished.
+        """
         with self.locked():
             fresh = self.fresh()
             self._start()
-            if fresh:
-                return self._apply(None, timeout=60, force=False)
-            return []
+            return self._apply(None if fresh else self.observe(), timeout=60, force=False)
 
     def down(self, purge: bool = False) -> None:
         """Stop every daemon of the site by pid; keep the state unless purge."""

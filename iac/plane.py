@@ -7,7 +7,10 @@ source (without the node) strictly before the target (with it), so no node is ev
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from iac.layout import Layout
@@ -56,16 +59,41 @@ class Plane:
             self.write_configs([])
         self.layout.ctld_dir(self.name).mkdir(parents=True, exist_ok=True)
         self.munged.start()
-        self.ctld.start()
+        if not self.ctld.pid():
+            self.ctld.start()
+            self.reload_slurmds()  # members whose slurmd outlived the controller register again
 
-    def set_members(self, members: list[str]) -> None:
-        """Change membership: write the conf, restart the controller, let the other slurmds re-read it."""
+    def set_members(self, members: list[str], reload: bool = True) -> None:
+        """Change membership: write the conf, restart the controller, let the slurmds re-read it.
+
+        Admission passes reload=False and reloads once the new slurmds run.
+        """
         if not self.write_configs(members) and self.ctld.pid():
             return
         self.munged.start()
         self.ctld.restart()
-        if self.members():
-            self.slurm.reconfigure()
+        if reload:
+            self.reload_slurmds()
+
+    def reload_slurmds(self, timeout: float = 30) -> None:
+        """Make every member's slurmd re-read slurm.conf and re-register; wait until all answer.
+
+        A restarted controller shows its members not responding until they register again, and
+        `scontrol reconfigure` flags them not responding for about a second *after* it returns (seen
+        here: `idle*` right after a move). SIGHUP (slurmd's own reconfigure) re-registers them at once.
+        """
+        expect = {}
+        for n in self.members():
+            pid = running_slurmd(self.layout, n)
+            if pid:
+                os.kill(pid, signal.SIGHUP)
+                expect[n] = pid
+        deadline = time.monotonic() + timeout
+        while expect and time.monotonic() < deadline:
+            states = self.slurm.nodes()
+            if all(states.get(n) and states[n].responding for n in expect):
+                return
+            time.sleep(0.05)
 
     def down(self) -> None:
         self.ctld.stop()
