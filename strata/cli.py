@@ -5,6 +5,9 @@ from __future__ import annotations
 import typer
 
 from iac import cli as iac_cli
+from strata import train as train_cli
+from workloads.trainer.cli import app as trainer_app
+from workloads.trainer.tokenize import tokenize_command
 
 app = typer.Typer(
     help="strata: vClusters as code. Site file -> vClusters on real Slurm; node moves that lose nothing.",
@@ -13,6 +16,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 iac_cli.register(app)
+train_cli.register(app)
+app.command("tokenize", help="Tokenize Parquet/JSONL shards into Megatron .bin/.idx.")(tokenize_command)
+app.add_typer(trainer_app, name="trainer", help="The bundled trainer run here: train, plot, export-hf.")
 
 
 def main() -> None:

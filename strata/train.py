@@ -1,0 +1,102 @@
+"""`strata train`: schedule the bundled trainer onto a vCluster (render the sbatch script, submit it).
+
+Composition only: where the vCluster's Slurm is comes from the IaC layer, the script from
+`workloads/launch/render.py`; the trainer itself never imports the control plane.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from iac.cli import DEFAULT_SITE, handle_errors
+from iac.layout import Layout, state_root
+from iac.site import load_site
+
+REPO = Path(__file__).resolve().parent.parent
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def job_state(env: dict, job: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True).stdout
+    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
+def summarize(metrics: Path) -> str:
+    """First and last loss, tokens/s of the last step."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not rows:
+        return "no metrics written"
+    first, last = rows[0], rows[-1]
+    return (f"steps {first['step']}..{last['step']}: loss {first['loss']:.3f} -> {last['loss']:.3f}, "
+            f"{last.get('tokens_per_s', 0):,.0f} tokens/s")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @handle_errors
+    def train(
+        ctx: typer.Context,
+        vcluster: str = typer.Option("clariden", help="vCluster to run on."),
+        nodes: int = typer.Option(1, min=1, help="Nodes (one trainer rank per node)."),
+        config: str = typer.Option("tiny", help="Trainer preset or .toml path."),
+        name: str = typer.Option(None, help="Job name (jobs of one name run one after another); default: the config."),
+        run_dir: Path = typer.Option(None, help="Checkpoints + metrics; default: <state dir>/runs/<name>."),
+        constraint: str = typer.Option(None, "-C", "--constraint", help="Slurm features, e.g. 'thp_never'."),
+        partition: str = typer.Option(None, "-p", "--partition"),
+        wait: bool = typer.Option(False, help="Wait for the job to end and print its loss."),
+        site: str = typer.Option(DEFAULT_SITE, "--site", envvar="STRATA_SITE"),
+    ):
+        """Submit the trainer to a vCluster; extra --section.key=value options override its config."""
+        from workloads.launch.render import render_sbatch
+
+        s = load_site(site)
+        if vcluster not in s.vclusters:
+            err.print(f"error: no vCluster {vcluster!r} in {site}; known: {', '.join(s.vclusters)}")
+            raise typer.Exit(2)
+        layout = Layout.of(s, state_root())
+        name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", Path(config).stem)
+        run_dir = (run_dir or layout.root / "runs" / name).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        script = render_sbatch(
+            job_name=name, nodes=nodes, ntasks_per_node=1, config=config, workdir=REPO,
+            overrides=list(ctx.args), python=sys.executable, run_dir=str(run_dir), constraint=constraint,
+            partition=partition, output=str(run_dir / "slurm-%j.out"),
+            # emulated nodes are named nid00x but all listen on this host
+            master_addr="127.0.0.1" if s.spec.driver == "local" else None,
+        )
+        (run_dir / "job.sbatch").write_text(script)
+        env = {**os.environ, "SLURM_CONF": str(layout.slurm_conf(vcluster))}
+        r = subprocess.run(["sbatch", "--parsable"], input=script, env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            err.print(f"error: sbatch on {vcluster} failed: {r.stderr.strip()} (is the site up? `strata up`)")
+            raise typer.Exit(1)
+        job = r.stdout.strip().split(";")[0]
+        console.print(f"submitted job {job} to {vcluster} ({nodes} node(s), config {config}); run dir {run_dir}")
+        if not wait:
+            return
+        with console.status(f"job {job} on {vcluster}") as status:
+            while True:
+                info = job_state(env, job)
+                state = info.get("JobState", "UNKNOWN")
+                status.update(f"job {job} on {vcluster}: {state} {info.get('NodeList', '')}")
+                if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+                    break
+                time.sleep(1)
+        metrics = run_dir / "metrics.jsonl"
+        console.print(f"job {job}: {state}, exit {info.get('ExitCode')}; "
+                      + (summarize(metrics) if metrics.exists() else "no metrics"))
+        if state != "COMPLETED":
+            log = sorted(run_dir.glob(f"slurm-{job}.out"))
+            if log:
+                err.print(log[0].read_text()[-2000:])
+            raise typer.Exit(1)
