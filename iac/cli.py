@@ -96,10 +96,10 @@ def register(app: typer.Typer) -> None:
             return
         if p.empty and not p.problems:
             console.print("no changes: every node is where the site file puts it")
-        for m in p.moves:
-            console.print(f"move    {m.describe()}", highlight=False)
-        for n in p.finish:
-            console.print(f"finish  {n}: resume after an interrupted move", highlight=False)
+        lines = [f"move    {m.describe()}" for m in p.moves]
+        lines += [f"finish  {n}: resume after an interrupted move" for n in p.finish]
+        if lines:  # one print: rich per line costs a second at Alps scale
+            console.print("\n".join(lines), highlight=False, markup=False)
         for pr in p.problems:
             err.print(f"[red]problem[/] {pr}", highlight=False)
         if p.problems:

@@ -198,7 +198,8 @@ class MoveRunner:
             plane.slurm.drain([m.node for m in group], move_reason(target))
         configure_nodes(self.site, self.layout, {m.node: m.target for m in moves}, "admit")
         for target in sorted({m.target for m in moves}):
-            self.planes[target].reload_slurmds()  # every member re-reads the new slurm.conf
+            # the other members re-read the new slurm.conf; the admitted ones just read it
+            self.planes[target].reload_slurmds(skip=frozenset(m.node for m in moves))
         for m in moves:
             self.journal.record("admit", "done", m.node)
         for target in sorted({m.target for m in moves}):

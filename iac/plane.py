@@ -75,16 +75,17 @@ class Plane:
         if reload:
             self.reload_slurmds()
 
-    def reload_slurmds(self, timeout: float = 30) -> None:
+    def reload_slurmds(self, timeout: float = 30, skip: frozenset[str] = frozenset()) -> None:
         """Make every member's slurmd re-read slurm.conf and re-register; wait until all answer.
 
         A restarted controller shows its members not responding until they register again, and
         `scontrol reconfigure` flags them not responding for about a second *after* it returns (seen
         here: `idle*` right after a move). SIGHUP (slurmd's own reconfigure) re-registers them at once.
+        `skip`: slurmds started after the conf was written, which read it already.
         """
         expect = {}
         for n in self.members():
-            pid = running_slurmd(self.layout, n)
+            pid = None if n in skip else running_slurmd(self.layout, n)
             if pid:
                 os.kill(pid, signal.SIGHUP)
                 expect[n] = pid
@@ -131,7 +132,6 @@ def configure_nodes(site: Site, layout: Layout, owners: dict[str, str | None], l
         hosts[node] = {
             "slurm_node_state": "started" if vc else "stopped",
             "strata_vcluster": vc or "",
-            "strata_image": site.image_of(vc),
             "strata_node_root": str(layout.node_root(node)),
             "slurm_conf": str(conf),
             "slurmd_spool": str(d / "spool"),

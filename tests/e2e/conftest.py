@@ -132,7 +132,10 @@ class SiteUnderTest:
     def wait_job(self, vcluster: str, job: str, states: tuple[str, ...], timeout: float = 60) -> dict:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            info = self.job(vcluster, job)
+            try:
+                info = self.job(vcluster, job)
+            except AssertionError:  # the controller restarts during a move: ask again
+                info = {}
             if info.get("JobState") in states:
                 return info
             time.sleep(0.2)

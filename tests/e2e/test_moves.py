@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -45,9 +46,14 @@ def test_move_waits_for_running_job_which_completes(site):
     site.wait_job("alpha", job, ("RUNNING",))
     site.set_owner("nid002", "beta")
     site.set_owner("nid003", None)
+    # watch the job while apply runs: its end state as Slurm reports it when it ends, before any restart
+    ended: dict = {}
+    watcher = threading.Thread(target=lambda: ended.update(
+        site.wait_job("alpha", job, ("COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL"), timeout=120)))
+    watcher.start()
     r = site.strata("apply")
-    info = site.job("alpha", job)
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0"
+    watcher.join()
+    assert ended["JobState"] == "COMPLETED" and ended["ExitCode"] == "0:0"
     assert (site.tmp / f"job-{job}.out").read_text().strip() == "done"
     assert "moved    nid002: alpha -> beta" in r.stdout
     assert site.members() == {"alpha": ["nid001"], "beta": ["nid002"], "gamma": []}
