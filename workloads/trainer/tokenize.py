@@ -3,11 +3,11 @@
     python -m workloads.trainer.tokenize --input 'data/shard-*.parquet' \\
         --tokenizer workloads/trainer/assets/tokenizer.json --output-prefix out/web --workers 8
 
-Where the speed comes from (see bench/bench_tokenize.py): each worker process encodes a whole batch of
-documents with one `encode_batch_fast` call and sends back a single numpy array, so per-document Python
-work — JSON decoding, Encoding objects, pickled lists of ints, per-document writes — is paid once per
-batch instead of once per document. Each worker runs the tokenizer on one thread: `--workers N` uses
-N cores (plus a light parent that cuts batches and writes). Output order is input order whatever N is.
+Where the speed comes from (see bench/bench_tokenize.py and docs/data.md): workers take whole batches
+of documents (Arrow parses the JSON, one numpy array comes back per batch, one write per batch), and
+byte-level BPE tokenizers are run piece by piece through a cache (`data/pieces.py`): each distinct
+pre-token is encoded by HF once, with output identical to HF's. Each worker runs on one thread:
+`--workers N` uses N cores plus a light parent. Output order is input order whatever N is.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import typer
 
-from workloads.trainer.data.errors import TokenizeInputError
+from workloads.trainer.data.errors import DataError, TokenizeInputError
 from workloads.trainer.data.indexed import IndexedDatasetWriter, optimal_dtype
+from workloads.trainer.data.pieces import PieceEncoder
 from workloads.trainer.data.sources import (
     Batch,
     batch_texts,
@@ -94,15 +95,15 @@ _WORKER: dict = {}
 def _init_worker(tokenizer_path: str, text_key: str, eod_id: int | None, dtype: str) -> None:
     # One tokenizer thread per worker: --workers N means N cores, and the per-core figures stay honest.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _WORKER.update(tok=load_tokenizer(tokenizer_path), key=text_key, eod=eod_id, dtype=np.dtype(dtype))
+    encoder = PieceEncoder(load_tokenizer(tokenizer_path))
+    _WORKER.update(encoder=encoder, key=text_key, eod=eod_id, dtype=np.dtype(dtype))
 
 
 def _encode_batch(batch: Batch) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(tokens, lengths, skipped records, input bytes) of one batch, in the batch's order."""
     texts = batch_texts(batch, _WORKER["key"])
-    encodings = _WORKER["tok"].encode_batch_fast([t for t in texts if t], add_special_tokens=False)
     # As Megatron: a record without text, or whose text encodes to nothing, is skipped (no lone EOD).
-    ids = [i for i in (e.ids for e in encodings) if i]
+    ids = [i for i in _WORKER["encoder"].encode([t for t in texts if t]) if i]
     eod = _WORKER["eod"]
     if eod is not None:
         for doc in ids:
@@ -221,29 +222,37 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 @app.command("tokenize")
 def tokenize_command(
     more_inputs: Annotated[
-        Optional[list[str]], typer.Argument(metavar="SHARDS", help="More input shards (e.g. a shell glob).")
+        list[str] | None, typer.Argument(metavar="SHARDS", help="More input shards (e.g. a shell glob).")
     ] = None,
     input: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--input", "-i", help="Input .parquet/.jsonl shard or quoted glob; repeatable."),
     ] = None,
     tokenizer: Annotated[Path, typer.Option(help="Local HF tokenizer.json.")] = ...,
     output_prefix: Annotated[str, typer.Option(help="Output path without .bin/.idx.")] = ...,
     text_key: Annotated[str, typer.Option(help="Column / JSON key holding the text.")] = "text",
     workers: Annotated[int, typer.Option(help="Encoding processes (default: cores - 1).")] = default_workers(),
-    append_eod: Annotated[bool, typer.Option("--append-eod/--no-append-eod", help="End every document with the EOD token.")] = True,
+    append_eod: Annotated[
+        bool, typer.Option("--append-eod/--no-append-eod", help="End every document with the EOD token.")
+    ] = True,
     eod_token: Annotated[str, typer.Option(help="End-of-document token.")] = EOD_TOKEN,
     shard_docs: Annotated[int, typer.Option(help="Documents per batch handed to a worker.")] = 1000,
     dtype: Annotated[str, typer.Option(help="auto | uint16 | int32 (auto: uint16 below 65,500 tokens).")] = "auto",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
 ) -> None:
     """Tokenize Parquet/JSONL shards into a Megatron .bin/.idx dataset (bad input: exit 2, nothing written)."""
-    from workloads.trainer.data.errors import DataError
-
     try:
         stats = tokenize_files(
-            [*(input or []), *(more_inputs or [])], tokenizer, output_prefix, text_key, workers,
-            append_eod, eod_token, shard_docs, dtype, progress and sys.stderr.isatty(),
+            [*(input or []), *(more_inputs or [])],
+            tokenizer,
+            output_prefix,
+            text_key,
+            workers,
+            append_eod,
+            eod_token,
+            shard_docs,
+            dtype,
+            progress and sys.stderr.isatty(),
         )
     except DataError as e:
         typer.echo(f"error: {e}", err=True)

@@ -71,6 +71,9 @@ def build_train_dataset(
     if isinstance(paths, (str, os.PathLike)) or not paths:
         raise DatasetConfigError(f"paths must be a non-empty list of dataset prefixes, got {paths!r}")
     indexed = [IndexedDataset(p) for p in paths]
+    for ds in indexed:
+        if ds.num_tokens == 0:
+            raise DatasetConfigError(f"dataset {ds.prefix} holds no tokens; tokenize non-empty documents")
     if weights is None:
         weights = [float(ds.num_tokens) for ds in indexed]
     normalized = normalize_weights(weights, len(indexed))
@@ -78,5 +81,5 @@ def build_train_dataset(
         return GPTDataset(indexed[0], seq_len, num_samples, seed, cache_dir)
     counts = samples_per_dataset(normalized, num_samples, cache_dir)
     # A dataset the blend never draws from still gets one sample, so that every path is validated.
-    parts = [GPTDataset(ds, seq_len, max(n, 1), seed, cache_dir) for ds, n in zip(indexed, counts)]
+    parts = [GPTDataset(ds, seq_len, max(n, 1), seed, cache_dir) for ds, n in zip(indexed, counts, strict=True)]
     return BlendedDataset(parts, normalized, num_samples, cache_dir)

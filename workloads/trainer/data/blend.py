@@ -3,7 +3,7 @@
 Sample i of the blend goes to the dataset that lags furthest behind its share: the one maximising
 `weight · max(i, 1) − samples taken so far`, the first on a tie. The choice is deterministic (no random
 draw), the datasets interleave finely, and after n samples every dataset holds its share of n to within
-one sample. The per-dataset order is each dataset's own (already shuffled) order.
+two samples. The per-dataset order is each dataset's own (already shuffled) order.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def blend_indices(
         pass  # absent or unreadable: build afresh and overwrite
     arrays = _build_cached(tuple(float(x) for x in weights), num_samples)
     paths[0].parent.mkdir(parents=True, exist_ok=True)
-    for path, array in zip(paths, arrays):
+    for path, array in zip(paths, arrays, strict=True):
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         with open(tmp, "wb") as f:
             np.save(f, array)
@@ -86,9 +86,7 @@ def blend_indices(
     return arrays
 
 
-def samples_per_dataset(
-    weights: np.ndarray, num_samples: int, cache_dir: str | os.PathLike | None = None
-) -> list[int]:
+def samples_per_dataset(weights: np.ndarray, num_samples: int, cache_dir: str | os.PathLike | None = None) -> list[int]:
     """How many samples the blend takes from each dataset (build each dataset with at least that many)."""
     choice, _ = blend_indices(weights, num_samples, cache_dir)
     return np.bincount(choice, minlength=len(weights)).tolist()
@@ -117,7 +115,7 @@ class BlendedDataset:
         self.num_samples = num_samples
         self.dataset_index, self.dataset_sample_index = blend_indices(self.weights, num_samples, cache_dir)
         counts = np.bincount(self.dataset_index, minlength=len(self.datasets))
-        for ds, need in zip(self.datasets, counts):
+        for ds, need in zip(self.datasets, counts, strict=True):
             if len(ds) < need:
                 raise DatasetConfigError(
                     f"blend takes {need} samples from dataset {getattr(ds, 'indexed', ds)!r} which has only "

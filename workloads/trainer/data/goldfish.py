@@ -13,6 +13,8 @@ is never used.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 _P = 2**31 - 1  # Mersenne prime: residues fit in 31 bits, so a product of two fits in int64
@@ -33,6 +35,13 @@ def _pow_mod(base: int, exponents: torch.Tensor) -> torch.Tensor:
     return result
 
 
+@functools.lru_cache(maxsize=8)
+def _powers(T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B^-t, B^t) mod p for t < T; cached because every batch of a run has the same T."""
+    pos = torch.arange(T, device=device, dtype=torch.int64)
+    return _pow_mod(_B_INV, pos), _pow_mod(_B, pos)
+
+
 def _finalise(v: torch.Tensor) -> torch.Tensor:
     """Non-linear mix of 31-bit values (xor-shift and multiply), so that structured inputs hash uniformly."""
     v = v ^ (v >> 15)
@@ -48,15 +57,14 @@ def hgram_hash(tokens: torch.Tensor, h: int) -> torch.Tensor:
     Positions t < h - 1 have no full window; their value is meaningless (the mask keeps them).
     """
     x = tokens.to(torch.int64)
-    T = x.shape[-1]
-    pos = torch.arange(T, device=x.device, dtype=torch.int64)
+    inv_pows, pows = _powers(x.shape[-1], x.device)
     a = (torch.remainder(x, _P) * _A + _C) % _P  # (..., T)
     # S_t = sum_{i<=t} a_i B^-i: a window sum times B^t is sum_{t-h<i<=t} a_i B^(t-i), the rolling hash.
     # Each term < 2^31, so the running sum stays exact in int64 for any T < 2^32.
-    prefix = torch.cumsum(a * _pow_mod(_B_INV, pos) % _P, dim=-1)
+    prefix = torch.cumsum(a * inv_pows % _P, dim=-1)
     window = prefix.clone()
     window[..., h:] -= prefix[..., :-h]
-    return _finalise(torch.remainder(window, _P) * _pow_mod(_B, pos) % _P)
+    return _finalise(torch.remainder(window, _P) * pows % _P)
 
 
 def goldfish_mask(tokens: torch.Tensor, k: int | None, h: int) -> torch.Tensor:

@@ -162,7 +162,7 @@ class GPTDataset:
             pass  # absent or unreadable: build afresh and overwrite
         arrays = build_indices(self.indexed.sequence_lengths, self.seq_len, self.num_samples, self.seed)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        for name, array in zip(names, arrays):
+        for name, array in zip(names, arrays, strict=True):
             _save_atomic(self.cache_paths[name], array)
         desc = cache_dir / f"{stem}-description.json"
         desc.write_text(json.dumps(self.description(), indent=2, sort_keys=True) + "\n")

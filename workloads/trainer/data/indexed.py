@@ -158,6 +158,10 @@ class IndexedDataset:
             raise IndexError(f"sequence {i} out of range for {len(self)} sequences in {self.prefix}")
         return self.get(i % len(self))
 
+    def __reduce__(self):
+        # Re-open by prefix in the receiving process (DataLoader workers): pickling the maps would copy the files.
+        return (IndexedDataset, (self.prefix,))
+
     @property
     def num_documents(self) -> int:
         """Number of documents (one less than the document-index entries)."""
@@ -184,6 +188,8 @@ class IndexedDatasetWriter:
         if self.dtype not in CODE_OF_DTYPE:
             raise ValueError(f"dtype {self.dtype} has no Megatron code; use one of {list(CODE_OF_DTYPE)}")
         self.idx_path, self.bin_path = dataset_paths(self.prefix)
+        # Remember the folders made here, so that abort() leaves the file system as it found it.
+        self._made_dirs = [d for d in (self.bin_path.parent, *self.bin_path.parent.parents) if not d.exists()]
         self.bin_path.parent.mkdir(parents=True, exist_ok=True)
         tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._idx_tmp = self.idx_path.with_name(self.idx_path.name + tag)
@@ -255,6 +261,11 @@ class IndexedDatasetWriter:
         self._bin.close()
         for path in (self._bin_tmp, self._idx_tmp):
             path.unlink(missing_ok=True)
+        for folder in self._made_dirs:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # no longer empty: someone else writes there too
         self._done = True
 
     def __enter__(self) -> IndexedDatasetWriter:

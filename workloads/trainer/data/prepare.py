@@ -69,7 +69,14 @@ def prepare_sample_dataset(out_dir: str | os.PathLike) -> str:
             return str(prefix)
     except (OSError, ValueError, KeyError, DataError):
         pass  # no stamp, stale stamp or unreadable dataset: rebuild
-    jsonl = write_sample_jsonl(out_dir / f"{SAMPLE_PREFIX_NAME}.jsonl")
-    stats = tokenize_files([jsonl], TOKENIZER_JSON, prefix, workers=1)
-    stamp.write_text(json.dumps({"assets_sha256": digest, "documents": stats.documents, "tokens": stats.tokens}))
+    # Private names for the intermediate files: two processes preparing the same folder at once each
+    # write their own, and the dataset and stamp land by atomic renames.
+    jsonl = write_sample_jsonl(out_dir / f"{SAMPLE_PREFIX_NAME}.jsonl.tmp-{os.getpid()}.jsonl")
+    try:
+        stats = tokenize_files([jsonl], TOKENIZER_JSON, prefix, workers=1)
+    finally:
+        jsonl.unlink()
+    tmp = stamp.with_name(f"{stamp.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"assets_sha256": digest, "documents": stats.documents, "tokens": stats.tokens}))
+    os.replace(tmp, stamp)
     return str(prefix)

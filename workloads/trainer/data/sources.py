@@ -90,11 +90,9 @@ def check_text_column(source: Source, text_key: str) -> None:
             )
         return
     with open(source.path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                break
-        else:
-            return  # an empty shard contributes no documents
+        number, line = next(((n, line) for n, line in enumerate(f, 1) if line.strip()), (0, b""))
+    if not line:
+        return  # an empty shard contributes no documents
     try:
         record = json.loads(line)
     except ValueError as e:
