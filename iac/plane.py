@@ -15,10 +15,10 @@ from pathlib import Path
 
 from iac.layout import Layout
 from iac.site import Site
-from iac.slurm_inputs import slurm_cluster
+from iac.slurm_inputs import prolog_wrappers, slurm_cluster
 from services.ansible.runner import run_playbook
 from services.slurm.control import SlurmClient
-from services.slurm.daemons import Munged, Slurmctld, Slurmd, owned_pid, stop_pid
+from services.slurm.daemons import Munged, Slurmctld, owned_pid, stop_pid
 from services.slurm.files import write_atomic
 from services.slurm.render import conf_members, render_gres_conf, render_slurm_conf
 
@@ -46,8 +46,10 @@ class Plane:
     def write_configs(self, members: list[str]) -> bool:
         """Render slurm.conf + gres.conf for exactly `members`; True if slurm.conf changed."""
         c = slurm_cluster(self.site, self.layout, self.name, members)
-        # gres.conf first: the slurm.conf write is the commit point of a membership change
+        # gres.conf and the prolog wrappers first: the slurm.conf write is the commit point of a membership change
         write_atomic(self.conf.with_name("gres.conf"), render_gres_conf(c))
+        for path, text in prolog_wrappers(self.site, self.layout, self.name).items():
+            write_atomic(path, text, mode=0o755)
         return write_atomic(self.conf, render_slurm_conf(c))
 
     def running(self) -> bool:
@@ -99,12 +101,6 @@ class Plane:
     def down(self) -> None:
         self.ctld.stop()
         self.munged.stop()
-
-
-def slurmd_of(layout: Layout, vcluster: str, node: str) -> Slurmd:
-    d = layout.node_dir(node)
-    return Slurmd(layout.slurm_conf(vcluster), node, layout.slurmd_pidfile(node), d / "log/slurmd.log",
-                  layout.node_port(node))
 
 
 def running_slurmd(layout: Layout, node: str) -> int | None:
