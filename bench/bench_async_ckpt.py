@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_async_ckpt.py [--dim 512 --layers 8] [--reps 3] [--steps 8]
 
-A model of ~37 M parameters (≈ 420 MB of weights + AdamW state) trains on CPU with our `train_step`.
+A model of ~18 M parameters (≈ 210 MB of weights + AdamW state; --dim/--layers for more) trains on
+CPU with our `train_step`.
 Each rep times the same number of steps three ways, interleaved: no checkpoint, a synchronous save
 (`CheckpointManager(asynchronous=False)`: copy, write, fsync, rename before training continues) and an
 asynchronous one (copied and written by the background thread; the optimizer waits for the copy only),
@@ -30,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workloads.trainer.components.checkpoint import CheckpointManager  # noqa: E402
-from workloads.trainer.components.train_state import get_train_state  # noqa: E402
 from workloads.trainer.components.optimizer import build_optimizer  # noqa: E402
+from workloads.trainer.components.train_state import get_train_state  # noqa: E402
 from workloads.trainer.config import OptimizerConfig  # noqa: E402
 from workloads.trainer.loader import ShardedBatchLoader  # noqa: E402
 from workloads.trainer.model import ModelArgs, Transformer  # noqa: E402
@@ -40,17 +41,20 @@ from workloads.trainer.train import train_step  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=8, help="steps in each timed window")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=6, help="steps in each timed window")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temp dir)")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    margs = ModelArgs(vocab_size=8192, dim=args.dim, n_layers=args.layers, n_heads=args.dim // 64, n_kv_heads=4,
+    margs = ModelArgs(vocab_size=8192, dim=args.dim, n_layers=args.layers, n_heads=args.dim // 64, n_kv_heads=2,
                       max_seq_len=args.seq_len)
     model = Transformer(margs)
     optimizer = build_optimizer(model, OptimizerConfig(), max_steps=1000)
@@ -101,6 +105,7 @@ def main() -> None:
              for m in ("sync", "async")}
     blocked = {m: statistics.median(b for _, b in results[m]) for m in ("sync", "async")}
     print(json.dumps({
+        "threads": torch.get_num_threads(),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "checkpoint_mb": round(state_bytes / 2**20), "steps_per_window": args.steps,
         "step_s": round(statistics.median(r[0] for r in results["none"]) / args.steps, 3),

@@ -133,7 +133,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in wall.items()}
     best = {k: max(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-    paired = statistics.median(o / p for o, p in zip(wall["ours"], wall["plain"]))
+    paired = statistics.median(o / p for o, p in zip(wall["ours"], wall["plain"], strict=True))
     result = {"model": f"{args.config}: {ours_params / 1e6:.2f} M params", "tokens_per_step": tokens,
               "threads": torch.get_num_threads(), "steps_each": len(wall["ours"]),
               "ours_tokens_per_s_median": round(med["ours"]), "plain_tokens_per_s_median": round(med["plain"]),

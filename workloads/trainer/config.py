@@ -28,6 +28,8 @@ class _Section(BaseModel):
 
 
 class JobConfig(_Section):
+    """[job]: run identity and seed."""
+
     name: str = "apertus"
     """Run name; also the Slurm job name used by the launch template."""
     run_dir: str = "runs/apertus"
@@ -37,6 +39,8 @@ class JobConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """[model]: a shape preset and optional overrides of it."""
+
     preset: Literal[tuple(PRESETS)] = "tiny"  # type: ignore[valid-type]
     """Model shape preset: tiny, 125m, 1b, 8b or 70b (see model/args.py)."""
     vocab_size: int | None = None
@@ -54,6 +58,8 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
+    """[data]: datasets, blend, Goldfish loss."""
+
     paths: list[str] = []
     """Megatron dataset prefixes (PREFIX.bin/.idx). Empty: tokenize the bundled sample into the run dir."""
     weights: list[float] | None = None
@@ -69,6 +75,8 @@ class DataConfig(_Section):
 
 
 class TrainingConfig(_Section):
+    """[training]: batch, steps, precision, device."""
+
     seq_len: int = Field(2048, ge=8)
     """Tokens per sample (the model sees seq_len inputs and seq_len labels)."""
     micro_batch_size: int = Field(1, ge=1)
@@ -90,6 +98,8 @@ class TrainingConfig(_Section):
 
 
 class OptimizerConfig(_Section):
+    """[optimizer]: AdamW or AdEMAMix hyper-parameters."""
+
     name: Literal["adamw", "ademamix"] = "adamw"
     """AdamW, or AdEMAMix (arXiv 2409.03137: a second, slow EMA of the gradient mixed in with weight alpha)."""
     lr: float = Field(3e-4, gt=0)
@@ -111,6 +121,8 @@ class OptimizerConfig(_Section):
 
 
 class LRScheduleConfig(_Section):
+    """[lr_schedule]: warmup-stable-decay."""
+
     warmup_steps: int = Field(100, ge=0)
     """Linear warmup from 0 to the peak learning rate."""
     decay_fraction: float = Field(0.2, ge=0.0, le=1.0)
@@ -122,6 +134,8 @@ class LRScheduleConfig(_Section):
 
 
 class ParallelConfig(_Section):
+    """[parallel]: data parallelism and process-group backend."""
+
     data_parallel: Literal["ddp", "fsdp"] = "ddp"
     """DDP (replicated weights) or FSDP2 (fully_shard: sharded weights, grads and optimizer state)."""
     bucket_cap_mb: float = Field(25.0, gt=0)
@@ -131,6 +145,8 @@ class ParallelConfig(_Section):
 
 
 class CheckpointConfig(_Section):
+    """[checkpoint]: when and how checkpoints are written and resumed."""
+
     enabled: bool = True
     """Write checkpoints (interval, end of training, preemption)."""
     interval: int | Literal["auto"] = 100
@@ -150,6 +166,8 @@ class CheckpointConfig(_Section):
 
 
 class MetricsConfig(_Section):
+    """[metrics]: JSONL output, console cadence, MFU peak."""
+
     jsonl: str | None = None
     """Metrics file, one JSON line per step; None: <run_dir>/metrics.jsonl."""
     console_every: int = Field(10, ge=1)

@@ -27,6 +27,7 @@ class ShardedBatchLoader:
 
     @property
     def global_batch_size(self) -> int:
+        """Samples per optimizer step over all ranks."""
         return self.micro * self.accum * self.world_size
 
     def sample_ids(self, consumed_samples: int, micro_step: int) -> range:
@@ -83,6 +84,8 @@ def build_loader(cfg: TrainerConfig, *, run_dir: Path, rank: int, world_size: in
         try:
             dataset = build()
         except DataError as e:
+            if not dist.is_initialized():
+                raise
             error[0] = str(e)
     if dist.is_initialized():
         dist.broadcast_object_list(error, src=0)

@@ -181,6 +181,21 @@ def maybe_no_sync(model: nn.Module, sync: bool):
     return contextlib.nullcontext()
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare Transformer under a DDP wrapper (FSDP2 modifies the module in place)."""
-    return model.module if hasattr(model, "module") else model
+class ReplicaMismatchError(RuntimeError):
+    """Data-parallel replicas no longer hold the same weights."""
+
+
+@torch.no_grad()
+def check_replicas_agree(model: nn.Module) -> float:
+    """Compare a float64 weight checksum across DDP ranks (as Megatron's weight-hash check does).
+
+    Replicas start equal (DDP broadcasts rank 0's weights) and apply the same averaged gradients, so
+    their checksums must be bit-identical; returns the checksum, raises ReplicaMismatchError otherwise.
+    """
+    local = float(torch.stack([p.detach().double().sum() + p.detach().double().abs().sum()
+                               for p in model.parameters()]).sum())
+    sums: list = [None] * dist.get_world_size()
+    dist.all_gather_object(sums, local)
+    if len(set(sums)) != 1:
+        raise ReplicaMismatchError(f"data-parallel replicas diverged: weight checksums per rank {sums}")
+    return local

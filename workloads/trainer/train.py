@@ -22,17 +22,25 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .components.checkpoint import CheckpointError, CheckpointManager, get_train_state, load_train_state
+from .components.checkpoint import CheckpointManager
 from .components.lr_schedule import wsd_lr
 from .components.metrics import MetricsLogger, device_peak_flops
 from .components.optimizer import build_optimizer
 from .components.signals import PreemptionHandler
+from .components.train_state import CheckpointError, get_train_state, load_train_state
 from .config import ConfigError, TrainerConfig, load_config
 from .data import DataError, goldfish_mask
 from .loader import ShardedBatchLoader, build_loader
 from .model import ModelArgs, Transformer, flops_per_token
-from .parallelize import (DistContext, destroy_distributed, init_distributed, maybe_no_sync, parallelize_model,
-                          unwrap)
+from .parallelize import (
+    DistContext,
+    ReplicaMismatchError,
+    check_replicas_agree,
+    destroy_distributed,
+    init_distributed,
+    maybe_no_sync,
+    parallelize_model,
+)
 
 logger = logging.getLogger("workloads.trainer")
 
@@ -69,9 +77,11 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader:
         x, y = loader.get(consumed_samples, micro)  # (B, T) each
         if goldfish is not None:
             y = y.masked_fill(~goldfish_mask(y, *goldfish), -100)
-        with maybe_no_sync(model, sync=micro == loader.accum - 1), autocast:
-            loss = compute_loss(model(x), y)
-        (loss / loader.accum).backward()
+        # Gradients are reduced across ranks only on the last micro-batch (its backward syncs them).
+        with maybe_no_sync(model, sync=micro == loader.accum - 1):
+            with autocast:
+                loss = compute_loss(model(x), y)
+            (loss / loader.accum).backward()
         loss_sum += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"), foreach=True)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
@@ -82,115 +92,166 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def train(cfg: TrainerConfig, ctx: DistContext) -> int:
-    """Train until max_steps or preemption; returns the process exit code."""
-    t_cfg, run_dir = cfg.training, Path(cfg.job.run_dir)
-    margs = cfg.model_args()
-    model_shape = {k: v for k, v in margs.shape_dict().items() if k != "max_seq_len"}
-    seed_everything(cfg.job.seed)
-    fsdp = cfg.parallel.data_parallel == "fsdp" and ctx.world_size > 1
-    on_cuda = ctx.device.type == "cuda"
-    bf16 = on_cuda and t_cfg.mixed_precision == "bf16"
-    model = build_model(margs, ctx.device, on_meta=fsdp)
-    model = parallelize_model(model, ctx, data_parallel=cfg.parallel.data_parallel,
-                              bucket_cap_mb=cfg.parallel.bucket_cap_mb, compile=t_cfg.compile, bf16=bf16)
-    if fsdp:
-        finish_meta_init(model, ctx.device)
-    optimizer = build_optimizer(model, cfg.optimizer, max_steps=t_cfg.max_steps)
-    ck = cfg.checkpoint
-    ckpt = CheckpointManager(ck.dir or run_dir / "checkpoints", rank=ctx.rank, keep=ck.keep,
-                             asynchronous=ck.asynchronous, interval=ck.interval, mtbf_s=ck.mtbf_s,
-                             auto_first_step=ck.auto_first_step)
+class Trainer:
+    """Builds everything from the config, resumes, and runs steps; `train()` loops until done or preempted.
 
-    # Resume before writing anything: a checkpoint that does not fit must leave the run untouched.
-    step, consumed = 0, 0
-    latest = ckpt.latest_path() if ck.resume else None
-    if latest is not None:
-        resumed = load_train_state(CheckpointManager.read(latest), model, optimizer, model_shape=model_shape,
-                                   path=latest)
-        step, consumed = resumed["step"], resumed["consumed_samples"]
-        ckpt.reset_schedule(step)
-        logger.info("resumed from %s at step %d (%d samples consumed)", latest, step, consumed)
-    if step >= t_cfg.max_steps:
-        logger.info("already trained %d/%d steps: nothing to do", step, t_cfg.max_steps)
+    Construction reads the latest checkpoint before writing anything, so a checkpoint that does not fit
+    (CheckpointError) leaves the run directory untouched.
+    """
+
+    def __init__(self, cfg: TrainerConfig, ctx: DistContext):
+        self.cfg, self.ctx = cfg, ctx
+        t_cfg, ck = cfg.training, cfg.checkpoint
+        self.run_dir = Path(cfg.job.run_dir)
+        self.margs = cfg.model_args()
+        self.model_shape = {k: v for k, v in self.margs.shape_dict().items() if k != "max_seq_len"}
+        seed_everything(cfg.job.seed)
+        self.fsdp = cfg.parallel.data_parallel == "fsdp" and ctx.world_size > 1
+        bf16 = ctx.device.type == "cuda" and t_cfg.mixed_precision == "bf16"
+        model = build_model(self.margs, ctx.device, on_meta=self.fsdp)
+        self.model = parallelize_model(model, ctx, data_parallel=cfg.parallel.data_parallel,
+                                       bucket_cap_mb=cfg.parallel.bucket_cap_mb, compile=t_cfg.compile, bf16=bf16)
+        if self.fsdp:
+            finish_meta_init(self.model, ctx.device)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, max_steps=t_cfg.max_steps)
+        self.ckpt = CheckpointManager(ck.dir or self.run_dir / "checkpoints", rank=ctx.rank, keep=ck.keep,
+                                      asynchronous=ck.asynchronous, interval=ck.interval, mtbf_s=ck.mtbf_s,
+                                      auto_first_step=ck.auto_first_step)
+        self.ckpt.attach(self.optimizer)  # a background snapshot finishes before the weights change
+        self.step, self.consumed = 0, 0
+        latest = self.ckpt.latest_path() if ck.resume else None
+        if latest is not None:
+            resumed = load_train_state(CheckpointManager.read(latest), self.model, self.optimizer,
+                                       model_shape=self.model_shape, path=latest)
+            self.step, self.consumed = resumed["step"], resumed["consumed_samples"]
+            self.ckpt.reset_schedule(self.step)
+            logger.info("resumed from %s at step %d (%d samples consumed)", latest, self.step, self.consumed)
+
+        self.config_dump = cfg.model_dump(mode="json")
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(
+                json.dumps({**self.config_dump, "resolved_model": self.margs.shape_dict()}, indent=2))
+        self.loader = build_loader(cfg, run_dir=self.run_dir, rank=ctx.rank, world_size=ctx.world_size,
+                                   vocab_size=self.margs.vocab_size, device=ctx.device)
+        self.tokens_per_step = self.loader.global_batch_size * t_cfg.seq_len
+        self.metrics = MetricsLogger(cfg.metrics.jsonl or self.run_dir / "metrics.jsonl", enabled=ctx.is_main,
+                                     flops_per_token=flops_per_token(self.margs, t_cfg.seq_len),
+                                     world_size=ctx.world_size, resume_step=self.step,
+                                     peak_flops=device_peak_flops(ctx.device, cfg.metrics.peak_flops))
+        # FSDP2 casts parameters itself (MixedPrecisionPolicy); DDP and single-device use autocast.
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not self.fsdp
+                         else contextlib.nullcontext())
+        self.goldfish = (cfg.data.goldfish_k, cfg.data.goldfish_h) if cfg.data.goldfish else None
+        self.preemption = PreemptionHandler()
+        self._compute_times: list[float] = []
+
+    @property
+    def done(self) -> bool:
+        """True once max_steps optimizer steps have been taken (across all runs of this job)."""
+        return self.step >= self.cfg.training.max_steps
+
+    def lr(self, step: int) -> float:
+        """Learning rate of optimizer step `step` (0-based) from the WSD schedule."""
+        s = self.cfg.lr_schedule
+        return wsd_lr(step, peak_lr=self.cfg.optimizer.lr, max_steps=self.cfg.training.max_steps,
+                      warmup_steps=s.warmup_steps, decay_fraction=s.decay_fraction, decay_shape=s.decay_shape,
+                      min_lr_ratio=s.min_lr_ratio)
+
+    def train_one_step(self) -> tuple[dict, bool]:
+        """Step, agree on preemption, checkpoint if due, log; returns (metrics record, stop requested)."""
+        t0 = time.perf_counter()
+        lr = self.lr(self.step)
+        loss, grad_norm = train_step(self.model, self.optimizer, self.loader, consumed_samples=self.consumed, lr=lr,
+                                     max_grad_norm=self.cfg.training.max_grad_norm, autocast=self.autocast,
+                                     goldfish=self.goldfish)
+        self.step += 1
+        self.consumed += self.loader.global_batch_size
+        # One small all-reduce per step carries the mean loss, "someone was told to stop" and rank 0's
+        # "a checkpoint is due" (with interval='auto' only rank 0 measures the save cost).
+        due = self.ctx.is_main and self.ckpt.should_save(self.step)
+        stats = torch.tensor([0.0, 0.0, float(self.preemption.requested), float(due)], device=loss.device)
+        stats[0], stats[1] = loss, grad_norm
+        if dist.is_initialized():
+            dist.all_reduce(stats)
+            stats[:2] /= self.ctx.world_size
+        loss_v, gnorm_v, stop_v, due_v = stats.tolist()
+        stop = stop_v > 0
+        compute_s = time.perf_counter() - t0
+        self._compute_times = (self._compute_times + [compute_s])[-20:]
+        self.maybe_checkpoint(final=stop or self.done, due=due_v > 0)
+        record = self.metrics.log(step=self.step, loss=loss_v, lr=lr, grad_norm=gnorm_v,
+                                  tokens=self.tokens_per_step, step_time_s=time.perf_counter() - t0,
+                                  ckpt_stall_s=self.ckpt.consume_stall())
+        return record, stop
+
+    def maybe_checkpoint(self, *, final: bool, due: bool) -> None:
+        """Save when due (asynchronously) or final (blocking: the process is about to exit)."""
+        if not self.cfg.checkpoint.enabled or self.ckpt.last_saved_step == self.step or not (final or due):
+            return
+        state = get_train_state(self.model, self.optimizer, step=self.step, consumed_samples=self.consumed,
+                                model_shape=self.model_shape, config=self.config_dump)
+        self.ckpt.save(self.step, state, block=final, step_time_s=float(np.median(self._compute_times)))
+
+    def train(self) -> int:
+        """Train to max_steps or until preempted; returns the exit code (0)."""
+        max_steps, every = self.cfg.training.max_steps, self.cfg.metrics.console_every
+        if self.done:
+            logger.info("already trained %d/%d steps: nothing to do", self.step, max_steps)
+            return 0
+        self.preemption.install()
+        try:
+            while not self.done:
+                rec, stop = self.train_one_step()
+                if self.ctx.is_main and (self.step % every == 0 or self.done or stop or self.step == 1):
+                    mfu = f"{100 * rec['mfu']:.1f}%" if rec["mfu"] is not None else "n/a"
+                    logger.info("step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | mfu %s | ckpt %.3fs",
+                                self.step, max_steps, rec["loss"], rec["lr"], rec["grad_norm"],
+                                rec["tokens_per_s"], mfu, rec["ckpt_stall_s"])
+                if stop:
+                    logger.info("preempted: final checkpoint at step %d written; exiting 0", self.step)
+                    break
+            self.ckpt.close()
+        finally:
+            self.preemption.restore()
+            self.metrics.close()
+        if dist.is_initialized():
+            if not self.fsdp:
+                checksum = check_replicas_agree(self.model)
+                logger.info("weights agree across %d ranks (checksum %.17g)", self.ctx.world_size, checksum)
+            dist.barrier()  # nobody leaves before rank 0's final checkpoint is durable
         return 0
 
-    config_dump = cfg.model_dump(mode="json")
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({**config_dump, "resolved_model": margs.shape_dict()},
-                                                        indent=2))
-    loader = build_loader(cfg, run_dir=run_dir, rank=ctx.rank, world_size=ctx.world_size,
-                          vocab_size=margs.vocab_size, device=ctx.device)
-    tokens_per_step = loader.global_batch_size * t_cfg.seq_len
-    metrics = MetricsLogger(cfg.metrics.jsonl or run_dir / "metrics.jsonl", enabled=ctx.is_main,
-                            flops_per_token=flops_per_token(margs, t_cfg.seq_len), world_size=ctx.world_size,
-                            peak_flops=device_peak_flops(ctx.device, cfg.metrics.peak_flops), resume_step=step)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext()
-    goldfish = (cfg.data.goldfish_k, cfg.data.goldfish_h) if cfg.data.goldfish else None
-    sched = cfg.lr_schedule
-    preemption = PreemptionHandler().install()
-    step_times: list[float] = []
-    try:
-        while step < t_cfg.max_steps:
-            t0 = time.perf_counter()
-            lr = wsd_lr(step, peak_lr=cfg.optimizer.lr, max_steps=t_cfg.max_steps, warmup_steps=sched.warmup_steps,
-                        decay_fraction=sched.decay_fraction, decay_shape=sched.decay_shape,
-                        min_lr_ratio=sched.min_lr_ratio)
-            loss, grad_norm = train_step(model, optimizer, loader, consumed_samples=consumed, lr=lr,
-                                         max_grad_norm=t_cfg.max_grad_norm, autocast=autocast, goldfish=goldfish)
-            step += 1
-            consumed += loader.global_batch_size
-            # One small all-reduce per step carries the mean loss and "someone was told to stop".
-            stats = torch.stack([loss, grad_norm.to(loss.dtype),
-                                 torch.tensor(float(preemption.requested), device=loss.device)])
-            if dist.is_initialized():
-                dist.all_reduce(stats)
-                stats[:2] /= ctx.world_size
-            loss_v, gnorm_v, stop_v = stats.tolist()
-            stop = stop_v > 0
-            compute_s = time.perf_counter() - t0
-            stall = 0.0
-            final = stop or step == t_cfg.max_steps
-            if ck.enabled and (final or ckpt.should_save(step)) and ckpt.last_saved_step != step:
-                state = get_train_state(model, optimizer, step=step, consumed_samples=consumed,
-                                        model_shape=model_shape, config=config_dump)
-                stall = ckpt.save(step, state, block=final)
-                if not final:
-                    ckpt.plan_next(step, stall, float(np.median(step_times or [compute_s])))
-            step_time = time.perf_counter() - t0
-            step_times = (step_times + [compute_s])[-20:]
-            rec = metrics.log(step=step, loss=loss_v, lr=lr, grad_norm=gnorm_v, tokens=tokens_per_step,
-                              step_time_s=step_time, ckpt_stall_s=stall)
-            if ctx.is_main and (step % cfg.metrics.console_every == 0 or final or step == 1):
-                mfu = f"{100 * rec['mfu']:.1f}%" if rec["mfu"] is not None else "n/a"
-                logger.info("step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | mfu %s | ckpt %.3fs",
-                            step, t_cfg.max_steps, loss_v, lr, gnorm_v, rec["tokens_per_s"], mfu, stall)
-            if stop:
-                logger.info("preempted: final checkpoint at step %d written; exiting 0", step)
-                break
-        ckpt.close()
-    finally:
-        preemption.restore()
-        metrics.close()
-    if dist.is_initialized():
-        dist.barrier()  # nobody leaves before rank 0's final checkpoint is durable
-    return 0
+
+def setup_logging(rank: int) -> None:
+    """Trainer log lines to stderr, prefixed with the rank; INFO on rank 0, warnings elsewhere.
+
+    Configures the `workloads.trainer` logger only (not the root logger), so embedding the trainer
+    leaves the host application's logging alone.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(message)s"))
+    for old in [h for h in logger.handlers if getattr(h, "_trainer", False)]:
+        logger.removeHandler(old)
+    handler._trainer = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logger.propagate = False
 
 
 def run(cfg: TrainerConfig) -> int:
     """Initialise the process group, train, clean up; maps user errors to exit code 1."""
     ctx = init_distributed(cfg.training.device, cfg.parallel.backend, cfg.training.num_threads)
-    logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING,
-                        format=f"%(asctime)s [rank {ctx.rank}] %(message)s", stream=sys.stderr, force=True)
+    setup_logging(ctx.rank)
     try:
-        return train(cfg, ctx)
-    except (CheckpointError, DataError) as e:
+        return Trainer(cfg, ctx).train()
+    except (CheckpointError, DataError, ReplicaMismatchError) as e:
         logger.error("error: %s", e)
         return 1
     finally:

@@ -1,33 +1,42 @@
 """Asynchronous, atomic checkpoints.
 
-Save = (1) snapshot: copy every tensor into reusable CPU buffers (pinned, non-blocking on CUDA) — the
-only part training waits for; (2) a background thread writes the snapshot into `.tmp-step_N/`, fsyncs,
-renames it to `step_N/` and only then points `latest` at it. A crash at any moment leaves either the old
-`latest` or the new one, never a torn directory behind it; leftover `.tmp-*` directories are ignored
-and removed. Rank 0 writes everything: model and optimizer state are gathered to it (DDP: already
-replicated; FSDP: full state dict), and every rank's RNG state travels to it with all_gather_object.
+Save = (1) snapshot: copy every tensor into reusable CPU buffers (pinned and non-blocking on CUDA);
+(2) write the snapshot into `.tmp-step_N/`, fsync, rename it to `step_N/`, and only then point `latest`
+at it. A crash at any moment leaves the old `latest` or the new one, never a torn directory behind it;
+leftover `.tmp-*` directories are ignored and removed.
+
+Asynchronous mode runs both in a background thread. Weights and optimizer state change only inside
+`optimizer.step()`, so the copy may overlap the next forward and backward: a pre-step hook on the
+optimizer (`attach`) waits for the copy to finish before the weights move. Training therefore stalls
+only if the copy takes longer than a forward+backward, or if a save is due before the previous write
+finished. Rank 0 writes everything (see train_state.py for what is gathered to it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import random
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from .state_io import (flatten_state, fsync_dir, read_tensors, replace_file_atomically, unflatten_state,
-                       write_json, write_tensors)
+from .state_io import (
+    flatten_state,
+    fsync_dir,
+    read_tensors,
+    replace_file_atomically,
+    unflatten_state,
+    write_json,
+    write_tensors,
+)
+from .train_state import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -36,82 +45,14 @@ TMP_PREFIX = ".tmp-"
 TENSORS_FILE, STATE_FILE = "tensors.safetensors", "state.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or does not fit the model being trained."""
-
-
 def step_dir_name(step: int) -> str:
+    """Directory name of the checkpoint of `step` (zero-padded so names sort by step)."""
     return f"step_{step:08d}"
 
 
 def young_interval(save_cost_s: float, mtbf_s: float, step_time_s: float) -> int:
     """Steps between checkpoints from Young's formula: T_opt ≈ √(2·C·MTBF), C = blocking save cost."""
     return max(1, round(math.sqrt(2.0 * save_cost_s * mtbf_s) / max(step_time_s, 1e-9)))
-
-
-# ---------------------------------------------------------------------------------------------- state
-
-
-def get_rng_state() -> dict:
-    """Every RNG a training step can touch: Python, NumPy, torch CPU and all CUDA devices."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what `get_rng_state` captured."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def get_train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, step: int,
-                    consumed_samples: int, model_shape: dict, config: dict) -> dict:
-    """Everything a resume needs, as a tree (rank 0's copy is complete; other ranks' may be partial).
-
-    Collective under FSDP (the full state dict is gathered to rank 0) and under any process group
-    (RNG states are gathered): every rank must call it.
-    """
-    options = StateDictOptions(full_state_dict=True, cpu_offload=dist.is_initialized())
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
-    rng = get_rng_state()
-    if dist.is_initialized():
-        rngs: list = [None] * dist.get_world_size()
-        dist.all_gather_object(rngs, rng)
-    else:
-        rngs = [rng]
-    return {"model": model_sd, "optimizer": optim_sd, "rng": rngs, "model_shape": model_shape,
-            "config": config, "train": {"step": step, "consumed_samples": consumed_samples}}
-
-
-def _describe_mismatch(saved: dict, current: dict) -> str:
-    diffs = [f"{k}={saved.get(k)!r} in the checkpoint but {current.get(k)!r} now"
-             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
-    return "; ".join(diffs)
-
-
-def load_train_state(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
-                     model_shape: dict, path: Path) -> dict:
-    """Load model, optimizer and this rank's RNG from `state`; returns its `train` section.
-
-    A checkpoint written for another model shape raises CheckpointError before anything is touched.
-    """
-    if state["model_shape"] != model_shape:
-        raise CheckpointError(f"checkpoint {path} was written for a different model: "
-                              f"{_describe_mismatch(state['model_shape'], model_shape)}. "
-                              f"Use the original model config, or another checkpoint.dir / job.run_dir.")
-    expected, _ = get_state_dict(model, [], options=StateDictOptions(full_state_dict=True))
-    for key, t in state["model"].items():  # same args, different code → still a clear error
-        if key not in expected or tuple(expected[key].shape) != tuple(t.shape):
-            raise CheckpointError(f"checkpoint {path}: tensor {key} {tuple(t.shape)} does not fit the model")
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                   options=StateDictOptions(full_state_dict=True, strict=True))
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if rank < len(state["rng"]):  # same world size: exact continuation
-        set_rng_state(state["rng"][rank])
-    return state["train"]
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -121,8 +62,9 @@ def load_train_state(state: dict, model: torch.nn.Module, optimizer: torch.optim
 class _Snapshot:
     step: int
     skeleton: Any
-    tensors: dict[str, torch.Tensor]
-    ready: torch.cuda.Event | None  # D2H copies done (CUDA); None on CPU
+    tensors: dict[str, torch.Tensor]  # live tensors until copied, then the CPU buffers
+    copied: threading.Event = field(default_factory=threading.Event)
+    cost_s: float = 0.0  # training time lost to this checkpoint so far
 
 
 class CheckpointManager:
@@ -136,8 +78,11 @@ class CheckpointManager:
         self.next_auto_step = auto_first_step
         self.auto_first_step = auto_first_step
         self.last_saved_step: int | None = None
-        self.last_stall_s = 0.0
+        self.last_write_s = 0.0  # duration of the last background write
+        self._stall_s = 0.0  # training time lost to checkpoints since consume_stall()
+        self._step_time_s = 1.0
         self._buffers: dict[str, torch.Tensor] = {}
+        self._pending: _Snapshot | None = None  # snapshot whose copy training must wait for
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         if rank == 0:
@@ -148,18 +93,24 @@ class CheckpointManager:
     # -- when
 
     def should_save(self, step: int) -> bool:
-        """True when `step` is a checkpoint step (fixed interval, or Young's formula for 'auto')."""
+        """True when `step` is a checkpoint step (fixed interval, or Young's formula for 'auto').
+
+        With 'auto' only rank 0 measures the cost: the trainer broadcasts rank 0's answer.
+        """
         if self.interval == "auto":
             return step >= self.next_auto_step
         return step % int(self.interval) == 0
 
-    def plan_next(self, step: int, stall_s: float, step_time_s: float) -> None:
-        """With interval='auto', schedule the next save from the measured stall and step time."""
-        if self.interval == "auto":
-            n = young_interval(stall_s, self.mtbf_s, step_time_s)
-            self.next_auto_step = step + n
-            logger.info("checkpoint interval (Young): C=%.3fs MTBF=%.0fs step=%.3fs -> every %d steps",
-                        stall_s, self.mtbf_s, step_time_s, n)
+    def _plan_next(self, snapshot: _Snapshot) -> None:
+        """interval='auto': next save from Young's formula with this save's measured cost, but never sooner
+        than the disk can write a checkpoint (else every save would wait for the previous one)."""
+        if self.interval != "auto":
+            return
+        n = young_interval(snapshot.cost_s, self.mtbf_s, self._step_time_s)
+        n = max(n, math.ceil(self.last_write_s / self._step_time_s))
+        self.next_auto_step = snapshot.step + n
+        logger.info("checkpoint interval (Young): C=%.3fs MTBF=%.0fs step=%.3fs -> every %d steps",
+                    snapshot.cost_s, self.mtbf_s, self._step_time_s, n)
 
     def reset_schedule(self, step: int) -> None:
         """After a resume at `step`: 'auto' re-measures the cost auto_first_step steps later."""
@@ -167,29 +118,65 @@ class CheckpointManager:
         if self.interval == "auto":
             self.next_auto_step = step + self.auto_first_step
 
+    def consume_stall(self) -> float:
+        """Seconds training was blocked by checkpoints since the last call (for the metrics line)."""
+        stall, self._stall_s = self._stall_s, 0.0
+        return stall
+
     # -- save
 
-    def save(self, step: int, state: dict, *, block: bool = False) -> float:
-        """Snapshot `state` and write it (in the background unless `block` or not asynchronous).
+    def attach(self, optimizer: torch.optim.Optimizer):
+        """Make `optimizer.step()` wait until a pending snapshot has copied the weights it will change.
 
-        Returns the seconds training was blocked. Only rank 0 writes; other ranks return at once.
+        Returns the hook handle (`.remove()` detaches)."""
+        return optimizer.register_step_pre_hook(lambda *_: self.wait_for_snapshot())
+
+    def wait_for_snapshot(self) -> None:
+        """Block until the pending snapshot copy is done (no-op when there is none)."""
+        snapshot, self._pending = self._pending, None
+        if snapshot is None:
+            return
+        t0 = time.perf_counter()
+        snapshot.copied.wait()
+        waited = time.perf_counter() - t0
+        snapshot.cost_s += waited
+        self._stall_s += waited
+        self._plan_next(snapshot)
+
+    def save(self, step: int, state: dict, *, block: bool = False, step_time_s: float | None = None) -> float:
+        """Checkpoint `state` as step `step`; returns the seconds this call blocked.
+
+        Asynchronous (and not `block`): returns at once; the copy and the write run in a background thread
+        and the attached optimizer waits for the copy. Otherwise copies and writes before returning.
+        Only rank 0 writes; other ranks return at once.
         """
         t0 = time.perf_counter()
+        if step_time_s:
+            self._step_time_s = step_time_s
         self.wait()  # the previous write still reads the snapshot buffers
         if self.rank == 0 and self.last_saved_step != step:
-            snapshot = self._snapshot(step, state)
+            skeleton, tensors = flatten_state(state)
+            snapshot = _Snapshot(step, skeleton, tensors)
             if self.asynchronous and not block:
-                self._thread = threading.Thread(target=self._write_guarded, args=(snapshot,),
+                self._pending = snapshot
+                self._thread = threading.Thread(target=self._copy_and_write, args=(snapshot,),
                                                 name=f"ckpt-writer-{step}", daemon=True)
                 self._thread.start()
             else:
+                self._copy(snapshot)
                 self._write(snapshot)
         self.last_saved_step = step
-        self.last_stall_s = time.perf_counter() - t0
-        return self.last_stall_s
+        blocked = time.perf_counter() - t0
+        self._stall_s += blocked
+        if self._pending is not None:  # the cost is complete once the optimizer has waited for the copy
+            self._pending.cost_s += blocked
+        elif self.rank == 0 and not block:
+            self._plan_next(_Snapshot(step, None, {}, cost_s=blocked))
+        return blocked
 
     def wait(self) -> None:
         """Block until the background write (if any) is durable; re-raise its error."""
+        self.wait_for_snapshot()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -197,34 +184,41 @@ class CheckpointManager:
             error, self._error = self._error, None
             raise CheckpointError(f"background checkpoint write failed: {error!r}") from error
 
-    def _snapshot(self, step: int, state: dict) -> _Snapshot:
-        skeleton, tensors = flatten_state(state)
-        copies: dict[str, torch.Tensor] = {}
-        on_cuda = False
-        for key, t in tensors.items():
-            t = t.detach()
-            buf = self._buffers.get(key)
-            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
-                self._buffers[key] = buf
-            buf.copy_(t, non_blocking=t.is_cuda)
-            on_cuda |= t.is_cuda
-            copies[key] = buf
-        ready = None
-        if on_cuda:  # the writer waits for the copies; training does not
-            ready = torch.cuda.Event()
-            ready.record()
-        return _Snapshot(step, skeleton, copies, ready)
+    def _copy(self, snapshot: _Snapshot) -> None:
+        """Copy the live tensors into reusable CPU buffers; on CUDA, wait for the device-to-host copies."""
+        device = next((t.device for t in snapshot.tensors.values() if t.is_cuda), None)
+        # A new thread starts on cuda:0; copies and the event must use this rank's device and stream.
+        with torch.cuda.device(device) if device is not None else contextlib.nullcontext():
+            copies: dict[str, torch.Tensor] = {}
+            for key, t in snapshot.tensors.items():
+                t = t.detach()
+                buf = self._buffers.get(key)
+                if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                    buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+                    self._buffers[key] = buf
+                buf.copy_(t, non_blocking=t.is_cuda)  # releases the GIL: the training thread keeps running
+                copies[key] = buf
+            done = None
+            if device is not None:
+                done = torch.cuda.Event()
+                done.record()  # behind the copies on the default stream, ahead of the optimizer's kernels
+            snapshot.tensors = copies
+            snapshot.copied.set()  # the optimizer may launch its kernels: the stream orders them after us
+            if done is not None:
+                done.synchronize()  # the data has landed in host memory before the writer reads it
 
-    def _write_guarded(self, snapshot: _Snapshot) -> None:
+    def _copy_and_write(self, snapshot: _Snapshot) -> None:
         try:
+            self._copy(snapshot)
+            t0 = time.perf_counter()
             self._write(snapshot)
+            self.last_write_s = time.perf_counter() - t0
         except BaseException as e:  # surfaced by the next wait() on the training thread
             self._error = e
+        finally:
+            snapshot.copied.set()  # never leave the optimizer waiting
 
     def _write(self, snapshot: _Snapshot) -> None:
-        if snapshot.ready is not None:
-            snapshot.ready.synchronize()
         name = step_dir_name(snapshot.step)
         tmp, final = self.dir / f"{TMP_PREFIX}{name}", self.dir / name
         shutil.rmtree(tmp, ignore_errors=True)

@@ -70,6 +70,7 @@ class MetricsLogger:
         return record
 
     def close(self) -> None:
+        """Close the file (rank 0)."""
         if self.enabled:
             self._file.close()
 

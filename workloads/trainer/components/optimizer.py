@@ -64,6 +64,7 @@ class AdEMAMix(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One update of every parameter with a gradient (Algorithm 1 of the paper)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

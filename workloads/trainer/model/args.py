@@ -32,10 +32,12 @@ class ModelArgs:
 
     @property
     def head_dim(self) -> int:
+        """Per-head width: dim / n_heads."""
         return self.dim // self.n_heads
 
     @property
     def ffn_dim(self) -> int:
+        """MLP hidden width: 5.25·dim for Apertus."""
         return int(self.ffn_multiplier * self.dim)
 
     def replace(self, **changes) -> "ModelArgs":

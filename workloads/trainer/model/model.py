@@ -26,27 +26,39 @@ class XIELU(nn.Module):
     α_p = softplus(a_p), α_n = β + softplus(a_n);
     f(x) = α_p·x² + β·x                              for x > 0
     f(x) = α_n·expm1(min(x, ε)) − α_n·x + β·x        for x ≤ 0
+
+    The scalars α_p, α_n, β, ε are evaluated in `scalar_dtype` (bf16), as the reference implementation
+    (transformers' XIELUActivation, which ApertusForCausalLM uses) keeps them: an exported model then
+    computes bit-identical activations. a_p and a_n themselves stay fp32 master weights.
     """
 
-    def __init__(self, alpha_p_init: float = 0.8, alpha_n_init: float = 0.8,
-                 beta: float = 0.5, eps: float = -1e-6):
+    def __init__(self, alpha_p_init: float = 0.8, alpha_n_init: float = 0.8, beta: float = 0.5,
+                 eps: float = -1e-6, scalar_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        self.beta, self.eps = beta, eps
         self.alpha_p_init, self.alpha_n_init = alpha_p_init, alpha_n_init
-        # Shape (1,) like Hugging Face's XIELUActivation so exported weights load as-is.
+        self.scalar_dtype = scalar_dtype
+        self.beta = float(torch.tensor(beta, dtype=scalar_dtype, device="cpu"))
+        self.eps = float(torch.tensor(eps, dtype=scalar_dtype, device="cpu"))
+        # Shape (1,) like Hugging Face's XIELUActivation so exported weights load as they are.
         self.alpha_p = nn.Parameter(torch.empty(1))
         self.alpha_n = nn.Parameter(torch.empty(1))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """α_p = α_n = 0.8 at init (a_p = softplus⁻¹(0.8), a_n = softplus⁻¹(0.8 − β))."""
         nn.init.constant_(self.alpha_p, softplus_inverse(self.alpha_p_init))
         nn.init.constant_(self.alpha_n, softplus_inverse(self.alpha_n_init - self.beta))
 
+    def alphas(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(α_p, α_n), each of shape (1,), in scalar_dtype."""
+        alpha_p = F.softplus(self.alpha_p.to(self.scalar_dtype))
+        alpha_n = self.beta + F.softplus(self.alpha_n.to(self.scalar_dtype))
+        return alpha_p, alpha_n
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha_p = F.softplus(self.alpha_p)
-        alpha_n = self.beta + F.softplus(self.alpha_n)
+        alpha_p, alpha_n = (a.to(x.dtype) for a in self.alphas())
         positive = alpha_p * x * x + self.beta * x
-        negative = alpha_n * (torch.expm1(torch.clamp(x, max=self.eps)) - x) + self.beta * x
+        negative = (torch.expm1(torch.clamp(x, max=self.eps)) - x) * alpha_n + self.beta * x
         return torch.where(x > 0, positive, negative)
 
 

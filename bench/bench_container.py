@@ -1,0 +1,116 @@
+"""Container start overhead: strata's engine (bundle cached) against a bare `runc run` of the same bundle.
+
+    .venv/bin/python bench/bench_container.py [--runs 20]      (root; runc, busybox-static, squashfs-tools)
+
+Every variant starts a busybox image and runs `true`, so the figures are start + teardown overhead:
+  runc          `runc run` of a prepared bundle (overlay mounted, config.json written once): the floor
+  engine        user_envs.engine.run in-process: policy checks, digest lookup (cached image), overlay
+                mount, config.json, `runc run`, unmount, cleanup; no hook applies
+  engine+gpu    the same with the always-on GPU hook (a Python hook process; no /dev/nvidia* here)
+  user_envs.run the lean CLI the SPANK plugin execs (a fresh Python: imports + EDF resolve + engine)
+  strata run    the full CLI (typer, site file)           [only with --cli]
+Prints medians in ms and the ratio engine / runc (aim: <= 1.2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from user_envs import bundle, engine, hooks  # noqa: E402
+from user_envs.resolve import resolve  # noqa: E402
+
+
+def build_image(tmp: Path) -> Path:
+    root = tmp / "root"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin/busybox")
+    for a in ("sh", "true"):
+        (root / "bin" / a).symlink_to("busybox")
+    out = tmp / "busybox.sqsh"
+    subprocess.run(["mksquashfs", str(root), str(out), "-quiet", "-noappend", "-all-root", "-no-progress"],
+                   check=True, capture_output=True)
+    return out
+
+
+def timed(fn, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--cli", action="store_true", help="Also time the full `strata run` CLI.")
+    a = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-container-"))
+    try:
+        image = build_image(tmp)
+        edf_dir = tmp / "edf"
+        edf_dir.mkdir()
+        (edf_dir / "bb.toml").write_text(f'image = "{image}"\n')
+        environ = {**os.environ, "EDF_PATH": str(edf_dir)}
+        cfg = engine.EngineConfig(vcluster="bench", mount_allowlist=("/tmp",), denied=(), hooks_dir=tmp / "hooks.d",
+                                  cache=tmp / "cache", runs=tmp / "runs", runc_root=tmp / "runc")
+        cfg.hooks_dir.mkdir()
+        cfg_path = tmp / "engine.json"
+        cfg_path.write_text(cfg.to_json())
+        env = resolve("bb", environ)
+        engine.run(env, ["true"], cfg, environ)  # unpack once: every timed run finds the bundle cached
+
+        # the bare bundle: the same rootfs, overlay and config, prepared once
+        lower = bundle.unpacked_rootfs(image, cfg.cache)
+        bare = tmp / "bare"
+        rootfs = bundle.overlay(lower, bare)  # a tmpfs run dir, like the engine's
+        spec = bundle.RunSpec(rootfs=rootfs, args=("true",), env=engine.container_env(env, environ, []), cwd="/",
+                              uid=0, gid=0, readonly=False)
+        bundle.write_config(bare, bundle.build_config(spec))
+        n = [0]
+
+        def runc_bare():
+            n[0] += 1
+            subprocess.run(["runc", "--root", str(cfg.runc_root), "run", "--bundle", str(bare), f"bare{n[0]}"], check=True)
+
+        results = {}
+        for _ in range(3):
+            runc_bare()  # warm the page cache and runc's binary
+        results["runc"], results["engine"] = [], []
+        for _ in range(a.runs):  # interleaved: the machine's load drifts (2 shared cores)
+            results["runc"] += timed(runc_bare, 1)
+            results["engine"] += timed(lambda: engine.run(env, ["true"], cfg, environ), 1)
+        (cfg.hooks_dir / "gpu.json").write_text(json.dumps(hooks.gpu_hook_definition()))
+        results["engine+gpu"] = timed(lambda: engine.run(env, ["true"], cfg, environ), a.runs)
+        (cfg.hooks_dir / "gpu.json").unlink()
+        bundle.release(bare)
+        lean = [sys.executable, "-m", "user_envs.run", "--config", str(cfg_path), "--environment", "bb", "--", "true"]
+        results["user_envs.run"] = timed(lambda: subprocess.run(lean, check=True, env=environ, cwd=REPO),
+                                         max(5, a.runs // 2))
+        if a.cli:
+            py = [sys.executable, "-c", "import strata.cli, user_envs.cli"]
+            results["python import of the CLI"] = timed(lambda: subprocess.run(py, check=True, cwd=REPO), 5)
+        base = statistics.median(results["runc"])
+        print(f"{'variant':26} {'median ms':>10} {'min ms':>8} {'x runc':>7}")
+        for k, v in results.items():
+            med = statistics.median(v)
+            print(f"{k:26} {med:10.1f} {min(v):8.1f} {med / base:7.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Checkpoints: exact round trip, atomic (torn writes never load), asynchronous, shape checks."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from workloads.trainer.components import checkpoint as ckpt_mod
+from workloads.trainer.components.checkpoint import CheckpointManager
+from workloads.trainer.components.state_io import flatten_state, unflatten_state
+from workloads.trainer.components.train_state import CheckpointError, get_train_state, load_train_state
+from workloads.trainer.model import ModelArgs, Transformer
+
+ARGS = ModelArgs(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16)
+SHAPE = {k: v for k, v in ARGS.shape_dict().items() if k != "max_seq_len"}
+
+
+def make_trained(seed: int = 0):
+    torch.manual_seed(seed)
+    model = Transformer(ARGS)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    step(model, opt)
+    return model, opt
+
+
+def step(model, opt):
+    x = torch.randint(0, 64, (2, 16))
+    torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def state_of(model, opt, step_no=1):
+    return get_train_state(model, opt, step=step_no, consumed_samples=8 * step_no, model_shape=SHAPE,
+                           config={"job": {"name": "t"}})
+
+
+def test_state_tree_round_trips_exactly():
+    tree = {"a": {3: torch.arange(5), "b": (1, 2.5, None)}, "np": np.arange(4, dtype=np.uint32),
+            "bf": torch.randn(3).bfloat16(), "l": [True, "x", {"__tensor__": "not a marker"}]}
+    skeleton, tensors = flatten_state(tree)
+    back = unflatten_state(skeleton, tensors)
+    assert back["a"][3] is tree["a"][3] and back["a"]["b"] == (1, 2.5, None)
+    assert back["np"].dtype == np.uint32 and back["np"].tolist() == [0, 1, 2, 3]
+    assert back["l"] == tree["l"]
+
+
+def test_save_then_load_restores_weights_position_and_rng(tmp_path):
+    model, opt = make_trained()
+    manager = CheckpointManager(tmp_path, asynchronous=False)
+    torch.manual_seed(42)
+    manager.save(1, state_of(model, opt))
+    expected_next_rand = torch.rand(3)
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    model2, opt2 = make_trained(seed=1)  # different weights and optimizer state
+    train = load_train_state(CheckpointManager.read(manager.latest_path()), model2, opt2, model_shape=SHAPE,
+                             path=manager.latest_path())
+    assert train == {"step": 1, "consumed_samples": 8}
+    assert torch.equal(torch.rand(3), expected_next_rand)  # torch RNG restored
+    for name, p in model2.named_parameters():
+        assert torch.equal(p, saved[name]), name
+
+
+def test_resumed_optimizer_continues_bit_for_bit(tmp_path):
+    model, opt = make_trained()
+    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager.save(1, state_of(model, opt))
+    x = torch.randint(0, 64, (2, 16))
+
+    def one_step(m, o):
+        torch.nn.functional.cross_entropy(m(x).flatten(0, 1), x.flatten()).backward()
+        o.step()
+        o.zero_grad()
+        return [p.detach().clone() for p in m.parameters()]
+
+    expected = one_step(model, opt)
+    model2, opt2 = make_trained(seed=1)
+    load_train_state(CheckpointManager.read(manager.latest_path()), model2, opt2, model_shape=SHAPE,
+                     path=manager.latest_path())
+    for a, b in zip(one_step(model2, opt2), expected, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_torn_write_is_never_loaded(tmp_path, monkeypatch):
+    model, opt = make_trained()
+    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager.save(10, state_of(model, opt, 10))
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")  # dies after the tensors were written, before the rename
+
+    monkeypatch.setattr(ckpt_mod, "write_json", crash)
+    with pytest.raises(OSError):
+        manager.save(20, state_of(model, opt, 20))
+    monkeypatch.undo()
+    assert (tmp_path / ".tmp-step_00000020" / "tensors.safetensors").exists()  # the torn write is there
+    # a second torn directory that even looks complete, but was never renamed
+    (tmp_path / ".tmp-step_00000030").mkdir()
+    for name in ("tensors.safetensors", "state.json"):
+        (tmp_path / ".tmp-step_00000030" / name).write_bytes((tmp_path / "step_00000010" / name).read_bytes())
+
+    restarted = CheckpointManager(tmp_path)
+    assert restarted.latest_path() == tmp_path / "step_00000010"
+    assert CheckpointManager.read(restarted.latest_path())["train"]["step"] == 10
+    assert not list(tmp_path.glob(".tmp-*"))  # cleaned up on start
+
+
+def test_async_save_returns_at_once_and_training_goes_on_while_it_is_written(tmp_path, monkeypatch):
+    model, opt = make_trained()
+    release = threading.Event()
+    real_write = ckpt_mod.write_tensors
+
+    def blocked_write(path, tensors):
+        release.wait(timeout=20)
+        return real_write(path, tensors)
+
+    monkeypatch.setattr(ckpt_mod, "write_tensors", blocked_write)
+    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager.attach(opt)
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    t0 = time.perf_counter()
+    manager.save(5, state_of(model, opt, 5))
+    assert time.perf_counter() - t0 < 5  # did not wait for the (blocked) write
+    for _ in range(3):  # training goes on and changes the weights while the write is pending
+        step(model, opt)
+    assert manager._thread.is_alive() and manager.latest_path() is None
+    release.set()
+    manager.close()
+    restored = CheckpointManager.read(manager.latest_path())["model"]
+    for name, expected in saved.items():
+        assert torch.equal(restored[name], expected), f"{name}: the snapshot saw a later step"
+
+
+def test_optimizer_step_waits_for_the_background_copy(tmp_path, monkeypatch):
+    model, opt = make_trained()
+    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager.attach(opt)
+    real_copy, release = manager._copy, threading.Event()
+
+    def held_copy(snapshot):
+        release.wait(timeout=20)  # the copy starts only when the test says so
+        real_copy(snapshot)
+
+    monkeypatch.setattr(manager, "_copy", held_copy)
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    manager.save(5, state_of(model, opt, 5))
+    x = torch.randint(0, 64, (2, 16))
+    torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()  # may overlap the copy
+    threading.Timer(0.5, release.set).start()
+    t0 = time.perf_counter()
+    opt.step()
+    assert time.perf_counter() - t0 >= 0.45  # the pre-step hook held the update back until the copy ran
+    assert manager.consume_stall() >= 0.45  # and the wait is reported as checkpoint stall
+    manager.close()
+    restored = CheckpointManager.read(manager.latest_path())["model"]
+    assert all(torch.equal(restored[n], saved[n]) for n in saved)
+
+
+def test_auto_interval_follows_youngs_formula_after_measuring_the_save(tmp_path):
+    model, opt = make_trained()
+    manager = CheckpointManager(tmp_path, asynchronous=False, interval="auto", mtbf_s=3600.0, auto_first_step=4)
+    assert [s for s in range(1, 6) if manager.should_save(s)] == [4, 5]  # first save measures the cost
+    cost = manager.save(4, state_of(model, opt, 4), step_time_s=0.05)
+    expected = max(round((2 * cost * 3600.0) ** 0.5 / 0.05), 1)
+    assert manager.next_auto_step == 4 + expected and expected > 1
+    assert not manager.should_save(4 + expected - 1) and manager.should_save(4 + expected)
+
+
+def test_background_write_error_surfaces_on_next_wait(tmp_path, monkeypatch):
+    model, opt = make_trained()
+    monkeypatch.setattr(ckpt_mod, "write_json", lambda *a: (_ for _ in ()).throw(OSError("no space")))
+    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager.save(1, state_of(model, opt))
+    with pytest.raises(CheckpointError, match="no space"):
+        manager.close()
+
+
+def test_other_model_shape_is_a_clear_error(tmp_path):
+    model, opt = make_trained()
+    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager.save(1, state_of(model, opt))
+    wider = {**SHAPE, "dim": 64}
+    other = Transformer(ModelArgs(**{**wider, "max_seq_len": 16}))
+    before = [p.detach().clone() for p in other.parameters()]
+    with pytest.raises(CheckpointError, match=r"different model: dim=32 in the checkpoint but 64 now"):
+        load_train_state(CheckpointManager.read(manager.latest_path()), other,
+                         torch.optim.AdamW(other.parameters()), model_shape=wider, path=manager.latest_path())
+    assert all(torch.equal(a, b) for a, b in zip(before, other.parameters(), strict=True))

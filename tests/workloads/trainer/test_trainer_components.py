@@ -1,0 +1,112 @@
+"""Schedule, optimizers, Young's interval, distributed env, metrics: pure functions and small modules."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workloads.trainer.components.checkpoint import young_interval
+from workloads.trainer.components.lr_schedule import wsd_lr
+from workloads.trainer.components.metrics import MetricsLogger, device_peak_flops, plot_metrics, read_metrics
+from workloads.trainer.components.optimizer import AdEMAMix, ademamix_beta3, build_param_groups
+from workloads.trainer.loader import ShardedBatchLoader
+from workloads.trainer.model import ModelArgs, Transformer
+from workloads.trainer.parallelize import resolve_dist_env
+
+
+def test_wsd_warms_up_holds_then_decays_to_min():
+    kw = dict(peak_lr=1.0, max_steps=100, warmup_steps=10, decay_fraction=0.2, min_lr_ratio=0.1)
+    lrs = [wsd_lr(s, decay_shape="linear", **kw) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0  # 1) warmup
+    assert set(lrs[10:80]) == {1.0}  # 2) stable
+    assert lrs[80] < 1.0 and lrs[99] == pytest.approx(0.1)  # 3) decay to min at the last step
+    assert all(a >= b for a, b in zip(lrs[80:-1], lrs[81:], strict=True))
+    mid = 89  # p = 0.5
+    assert wsd_lr(mid, decay_shape="linear", **kw) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert wsd_lr(mid, decay_shape="1-sqrt", **kw) == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(0.5)))
+    assert wsd_lr(mid, decay_shape="cosine", **kw) == pytest.approx(0.1 + 0.9 * 0.5)
+
+
+def test_young_interval_matches_the_formula():
+    # C = 40 s blocking save, MTBF 12 h, 5 s steps: sqrt(2·40·43200) = 1859 s → 372 steps
+    assert young_interval(40.0, 43_200.0, 5.0) == round(math.sqrt(2 * 40 * 43_200) / 5)
+    assert young_interval(1e-6, 10.0, 100.0) == 1  # never below one step
+
+
+def test_weight_decay_only_on_matrices():
+    model = Transformer(ModelArgs(vocab_size=32, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=8))
+    decay, no_decay = build_param_groups(model, 0.1)
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_ademamix_follows_algorithm_1():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = AdEMAMix([p], lr=0.01, betas=(0.9, 0.99, 0.999), eps=1e-8, weight_decay=0.1, alpha=5.0, warmup_steps=4)
+    theta, m1, m2, nu = p.detach().clone().double(), 0, 0, 0
+    for t in range(1, 7):
+        g = torch.randn(5)
+        p.grad = g.clone()
+        opt.step()
+        g = g.double()
+        alpha, beta3 = min(t * 5.0 / 4, 5.0), ademamix_beta3(t, 0.9, 0.999, 4)
+        m1 = 0.9 * m1 + 0.1 * g
+        m2 = beta3 * m2 + (1 - beta3) * g
+        nu = 0.99 * nu + 0.01 * g * g
+        update = (m1 / (1 - 0.9**t) + alpha * m2) / ((nu / (1 - 0.99**t)).sqrt() + 1e-8)
+        theta = theta - 0.01 * (update + 0.1 * theta)
+        torch.testing.assert_close(p.detach().double(), theta, rtol=1e-5, atol=1e-6)
+    assert ademamix_beta3(0, 0.9, 0.999, 4) == pytest.approx(0.9) and ademamix_beta3(4, 0.9, 0.999, 4) == 0.999
+
+
+def test_slurm_env_gives_ranks_and_rendezvous():
+    env = {"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4", "SLURM_STEP_ID": "0",
+           "SLURM_JOB_NODELIST": "nid[007-008]", "SLURM_JOB_ID": "123456", "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}
+    d = resolve_dist_env(env)
+    assert (d.rank, d.local_rank, d.world_size, d.local_world_size) == (3, 1, 4, 2)
+    assert d.master_addr == "nid007" and d.master_port == 15000 + 123456 % 20000 and d.source == "slurm"
+    # the batch script itself (no srun step) is one process, whatever SLURM_NTASKS says
+    assert resolve_dist_env({k: v for k, v in env.items() if k != "SLURM_STEP_ID"}).world_size == 1
+    # torchrun's variables win
+    tr = resolve_dist_env({**env, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h",
+                           "MASTER_PORT": "1234"})
+    assert (tr.rank, tr.world_size, tr.master_addr, tr.master_port, tr.source) == (1, 2, "h", 1234, "torchrun")
+
+
+def test_metrics_line_has_every_field_and_mfu(tmp_path):
+    log = MetricsLogger(tmp_path / "m.jsonl", flops_per_token=1e9, world_size=4, peak_flops=1e14)
+    rec = log.log(step=1, loss=2.5, lr=1e-3, grad_norm=0.5, tokens=8000, step_time_s=2.0, ckpt_stall_s=0.1)
+    log.close()
+    assert rec["tokens_per_s"] == 4000 and rec["tokens_per_s_per_device"] == 1000
+    assert rec["mfu"] == pytest.approx(1e9 * 1000 / 1e14)
+    line = json.loads((tmp_path / "m.jsonl").read_text())
+    assert set(line) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens_per_s_per_device", "mfu",
+                         "step_time_s", "ckpt_stall_s"}
+    assert device_peak_flops(torch.device("cpu")) is None and device_peak_flops(torch.device("cpu"), 5e11) == 5e11
+
+
+def test_metrics_resume_drops_steps_after_the_checkpoint_and_plots(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLogger(path, flops_per_token=1.0, world_size=1, peak_flops=None)
+    for s in range(1, 6):
+        log.log(step=s, loss=10 - s, lr=1.0, grad_norm=1.0, tokens=100, step_time_s=0.1, ckpt_stall_s=0.0)
+    log.close()
+    MetricsLogger(path, flops_per_token=1.0, world_size=1, peak_flops=None, resume_step=3).close()
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    png = plot_metrics(path, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_ranks_read_disjoint_slices_that_cover_each_global_batch():
+    data = [np.arange(9, dtype=np.int64) + i for i in range(1000)]
+    loaders = [ShardedBatchLoader(data, rank=r, world_size=2, micro_batch_size=4, grad_accum_steps=2,
+                                  vocab_size=2000, device=torch.device("cpu")) for r in (0, 1)]
+    assert loaders[0].global_batch_size == 16
+    ids = [{i for m in range(2) for i in ld.sample_ids(16, m)} for ld in loaders]
+    assert ids[0].isdisjoint(ids[1]) and ids[0] | ids[1] == set(range(16, 32))
+    x, y = loaders[1].get(16, 1)
+    assert x.shape == y.shape == (4, 8) and torch.equal(x[:, 1:], y[:, :-1])

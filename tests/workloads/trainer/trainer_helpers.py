@@ -1,0 +1,58 @@
+"""Helpers for the trainer tests: small-run overrides, subprocess runs, metrics reading."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def small_run(run_dir: Path, prefix: str, **extra) -> list[str]:
+    """Overrides for a fast tiny run: 32-token samples, batch 4, checkpoint every 10 steps."""
+    opts = {"job.run_dir": str(run_dir), "data.paths": json.dumps([prefix]), "training.seq_len": 32,
+            "training.micro_batch_size": 4, "training.max_steps": 20, "checkpoint.interval": 10,
+            "training.num_threads": 1, **extra}
+    return [f"--{k}={v}" for k, v in opts.items()]
+
+
+def trainer_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_"))}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def start_trainer(args: list[str], *, env: dict[str, str] | None = None, log: Path | None = None
+                  ) -> subprocess.Popen:
+    """`python -m workloads.trainer.train --config tiny ARGS` in the background."""
+    out = open(log, "w") if log else subprocess.PIPE
+    return subprocess.Popen([sys.executable, "-m", "workloads.trainer.train", "--config", "tiny", *args],
+                            cwd=REPO, env=env or trainer_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def run_trainer(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the trainer to completion; returns the completed process (output in .stdout)."""
+    return subprocess.run([sys.executable, "-m", "workloads.trainer.train", "--config", "tiny", *args], cwd=REPO,
+                          env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every line of a run's metrics.jsonl."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.005) -> bool:
+    """Poll `predicate` until true or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
