@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-APT_PKGS := slurmctld slurmd slurm-client munge libslurm-dev runc busybox-static squashfs-tools
+APT_PKGS := slurmctld slurmd slurm-client munge libslurm-dev runc busybox-static squashfs-tools gcc libc6-dev
 
 .PHONY: setup apt demo test test-fast bench
 setup: apt $(VENV)/.installed
@@ -32,3 +32,8 @@ test-fast: setup
 bench: setup
 	$(PY) bench/bench_plan.py
 	$(PY) bench/bench_move.py
+	$(PY) bench/bench_prolog.py
+	$(PY) bench/bench_container.py
+	$(PY) bench/bench_tokenize.py --mb 8
+	$(PY) bench/bench_train_step.py
+	$(PY) bench/bench_async_ckpt.py

@@ -15,6 +15,7 @@ from iac.moves import MOVING, MoveRunner, Outcome
 from iac.plan import Plan, make_plan
 from iac.plane import Plane, configure_nodes, running_slurmd, stop_slurmd
 from iac.site import Site
+from services.ansible.engine import install_container_engine
 from services.slurm.control import SlurmError
 from services.slurm.daemons import DaemonError, check_installed
 
@@ -93,7 +94,18 @@ class SiteOps:
         with self.locked():
             fresh = self.fresh()
             self._start()
-            return self._apply(None if fresh else self.observe(), timeout=60, force=False)
+            outcomes = self._apply(None if fresh else self.observe(), timeout=60, force=False)
+            self._install_engine()
+            return outcomes
+
+    def _install_engine(self) -> None:
+        """The container-engine vService of every vCluster offering it (idempotent: files rewritten only if
+        changed, the SPANK plugin built once)."""
+        offering = [v for v, vc in self.site.vclusters.items() if "container-engine" in vc.vservices]
+        run = install_container_engine(Path(self.site.path), self.layout.root.parent, self.layout.ansible_dir,
+                                       offering)
+        if run and any(run.changed.values()):
+            self.say(f"container engine installed on {', '.join(v for v, c in run.changed.items() if c)}")
 
     def down(self, purge: bool = False) -> None:
         """Stop every daemon of the site by pid; keep the state unless purge."""

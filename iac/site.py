@@ -108,6 +108,23 @@ class Partition(_Model):
 VSERVICES = ("slurm", "container-engine", "jupyter", "firecrest")
 
 
+class ContainerHook(_Model):
+    """A hook the container engine offers on a vCluster, switched on by `com.hooks.<name>.enabled = "true"`."""
+
+    libraries: tuple[str, ...] = Field((), description="Host libraries injected into the container (absolute paths).")
+
+
+class ContainerEngine(_Model):
+    """The container-engine vService of a vCluster: what its users' containers may mount and which hooks exist."""
+
+    mount_allowlist: tuple[str, ...] = Field(
+        ("/home", "/scratch", "/tmp"), description="Host paths (and what lies below) an EDF may mount."
+    )
+    hooks: dict[str, ContainerHook] = Field(
+        default_factory=dict, description="Network-stack hooks offered, e.g. aws_ofi_nccl, cxi (GPU hook: always)."
+    )
+
+
 class VCluster(_Model):
     """A software-defined cluster: its nodes, the image they boot, its partitions and vServices."""
 
@@ -117,6 +134,9 @@ class VCluster(_Model):
         (Partition(name="normal", default=True),), description="Slurm partitions."
     )
     vservices: tuple[Literal[VSERVICES], ...] = Field(("slurm",), description="vServices offered.")  # type: ignore[valid-type]
+    container_engine: ContainerEngine = Field(
+        default_factory=ContainerEngine, description="Settings of the container-engine vService."
+    )
     description: str = ""
 
     @field_validator("nodes", mode="before")
@@ -243,6 +263,8 @@ _CHILDREN: dict[tuple[type, str], tuple[type, bool]] = {
     (Hardware, "gpus"): (Gpus, False),
     (Platform, "vclusters"): (VCluster, True),
     (VCluster, "partitions"): (Partition, False),
+    (VCluster, "container_engine"): (ContainerEngine, False),
+    (ContainerEngine, "hooks"): (ContainerHook, True),
 }
 
 

@@ -3,16 +3,48 @@
 from __future__ import annotations
 
 import socket
+import sys
+from pathlib import Path
 
 from iac.layout import Layout
 from iac.site import Site, expand_nodes
+from services.prolog.tuning import THP_FEATURES, VBOOST_FEATURES
+from services.prolog.wrapper import WRAPPERS, WrapperInputs, render_wrapper
 from services.slurm.render import SlurmCluster, SlurmNode, SlurmPartition
 
 
 def node_features(site: Site, node: str) -> tuple[str, ...]:
-    """Features a node announces: its GPU model and CPU architecture (selectable with -C)."""
+    """Features a node announces (selectable with -C): GPU model, CPU architecture, the THP modes the
+    prolog applies, and vBoost where the GPUs support it."""
     hw = site.nodes[node].hardware
-    return tuple(sorted({hw.arch, *([hw.gpus.model] if hw.gpus.count else [])}))
+    gpu = [hw.gpus.model] if hw.gpus.count else []
+    vboost = list(VBOOST_FEATURES) if hw.gpus.count and hw.gpus.vboost else []
+    return tuple(sorted({hw.arch, *gpu, *THP_FEATURES, *vboost}))
+
+
+def wrapper_path(site: Site, layout: Layout, vcluster: str, kind: str) -> Path:
+    """Where slurmd finds a vCluster's prolog/epilog/taskprolog wrapper: beside its slurm.conf on the local
+    site, /etc/slurm on a real node (shipped there with slurm.conf)."""
+    etc = layout.slurm_conf(vcluster).parent if site.spec.driver == "local" else Path("/etc/slurm")
+    return etc / WRAPPERS[kind]
+
+
+def prolog_wrappers(site: Site, layout: Layout, vcluster: str) -> dict[Path, str]:
+    """The wrapper scripts slurm.conf names, path in the state dir (beside slurm.conf) -> text.
+
+    The plane writes them before slurm.conf; on the local site that is where slurmd runs them from.
+    """
+    local = site.spec.driver == "local"
+    w = WrapperInputs(
+        vcluster=vcluster,
+        slurm_conf=str(layout.slurm_conf(vcluster)) if local else "/etc/slurm/slurm.conf",
+        python=sys.executable,
+        pythonpath=str(Path(__file__).resolve().parents[1]),
+        node_dir=f"{layout.nodes_dir}/$SLURMD_NODENAME" if local else "/var/lib/strata/node",
+        node_root="$STRATA_NODE_DIR/root" if local else "/",
+    )
+    etc = layout.slurm_conf(vcluster).parent
+    return {etc / WRAPPERS[k]: render_wrapper(w, k) for k in WRAPPERS}
 
 
 def slurm_node(site: Site, layout: Layout, node: str) -> SlurmNode:
@@ -58,6 +90,9 @@ def slurm_cluster(site: Site, layout: Layout, vcluster: str, members: list[str])
         slurmd_log=f"{nodes_dir}/%n/log/slurmd.log" if local else "/var/log/slurm/slurmd.log",
         config_overrides=local,
         max_node_count=max(64, 2 * len(site.nodes)),
+        prolog=str(wrapper_path(site, layout, vcluster, "prolog")),
+        epilog=str(wrapper_path(site, layout, vcluster, "epilog")),
+        task_prolog=str(wrapper_path(site, layout, vcluster, "taskprolog")),
         nodes=tuple(slurm_node(site, layout, n) for n in members),
         partitions=tuple(parts),
     )

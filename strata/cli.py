@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from iac import cli as iac_cli
+from services import cli as services_cli
 from strata import train as train_cli
+from user_envs import cli as user_envs_cli
 from workloads.trainer.cli import app as trainer_app
 from workloads.trainer.tokenize import tokenize_command
 
@@ -16,6 +18,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 iac_cli.register(app)
+services_cli.register(app)
+user_envs_cli.register(app, env_app=iac_cli.env_app)
 train_cli.register(app)
 app.command("tokenize", help="Tokenize Parquet/JSONL shards into Megatron .bin/.idx.")(tokenize_command)
 app.add_typer(trainer_app, name="trainer", help="The bundled trainer run here: train, plot, export-hf.")

@@ -60,6 +60,10 @@ class SlurmCluster:
     ctld_addr: str | None = None
     config_overrides: bool = False
     max_node_count: int = 1024
+    # scripts run on the nodes around each job (services/prolog wrappers); None leaves the line out
+    prolog: str | None = None
+    epilog: str | None = None
+    task_prolog: str | None = None
     nodes: tuple[SlurmNode, ...] = field(default_factory=tuple)
     partitions: tuple[SlurmPartition, ...] = field(default_factory=tuple)
 

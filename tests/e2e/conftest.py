@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,7 +59,8 @@ class SiteUnderTest:
 
     def __init__(self, tmp: Path, name: str = "t", owners: dict[str, str] | None = None):
         self.tmp = tmp
-        self.state = tmp / "state"
+        # slurmd's spool socket path must stay under 108 chars: pytest's tmp dirs are too deep for it
+        self.state = Path(tempfile.mkdtemp(prefix="strata-e2e-", dir="/tmp"))
         self.file = tmp / f"{name}.yaml"
         self.data = small_site(name, free_port_base(), owners or {"alpha": "nid[001-002]", "beta": "nid003"})
         self.write()
@@ -148,6 +150,8 @@ class SiteUnderTest:
         keep = [] if os.environ.get("STRATA_KEEP_STATE") else ["--purge"]  # keep logs to debug a failure
         subprocess.run([sys.executable, "-m", "strata.cli", "down", *keep, "--site", str(self.file)],
                        capture_output=True, env=self.env(), timeout=120)
+        if keep:
+            shutil.rmtree(self.state, ignore_errors=True)
 
 
 def require_slurm():

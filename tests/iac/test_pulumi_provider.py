@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 import subprocess
 from pathlib import Path
 
@@ -63,13 +64,15 @@ def node_reason(state: Path, site: str, vcluster: str, node: str) -> str:
 def real_site(tmp_path_factory):
     """The 3-node site brought up once for this module; always torn down (daemons stopped, state deleted)."""
     tmp = tmp_path_factory.mktemp("pulumi-site")
-    site_path, state = write_site(tmp / "site.yaml"), tmp / "state"
+    # short state dir: slurmd's spool socket paths must stay under 108 chars
+    site_path, state = write_site(tmp / "site.yaml"), Path(tempfile.mkdtemp(prefix="strata-pp-", dir="/tmp"))
     ops = SiteOps(load_site(site_path), state, say=lambda m: None)
     try:
         assert all(o.ok for o in ops.up())
         yield site_path, state.resolve()
     finally:
         ops.down(purge=True)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
@@ -182,7 +185,7 @@ def test_pulumi_up_moves_a_node_as_an_update(tmp_path):
     shutil.copytree(REPO / "iac", project / "iac", ignore=shutil.ignore_patterns("__pycache__"))
     (project / ".venv").symlink_to(REPO / ".venv")
     base = random.randrange(30000, 59001, 500)
-    site_path, state = write_site(project / "site.yaml", base=base), tmp_path / "state"
+    site_path, state = write_site(project / "site.yaml", base=base), Path(tempfile.mkdtemp(prefix="strata-pl-", dir="/tmp"))
     env = {**os.environ, "PULUMI_HOME": str(tmp_path / "pulumi-home"), "PULUMI_CONFIG_PASSPHRASE": "",
            "PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_BACKEND_URL": f"file://{tmp_path / 'backend'}"}
     env.pop("PULUMI_ACCESS_TOKEN", None)

@@ -1,0 +1,121 @@
+"""Vetting profiles: a YAML list of checks with thresholds per workload, validated strictly (pydantic).
+
+    checks:
+      - {check: gpu_memory_free, min_free: 0.9}
+      - {check: matmul, size: 2048, min_tflops: {cuda: 400, cpu: 0.002}}
+
+Thresholds that depend on the device are given per device (`cuda`, `cpu`): the same profile vets a GH200
+node and an emulated node of the local site.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
+class ProfileError(Exception):
+    """A profile is missing or invalid; the message names the file, the key and a fix."""
+
+
+class _Check(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PerDevice(BaseModel):
+    """A threshold per device kind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cuda: float = Field(description="Threshold on a CUDA GPU.")
+    cpu: float = Field(description="Threshold on CPU (nodes without GPUs, the emulated local site).")
+
+
+class GpuMemoryFree(_Check):
+    check: Literal["gpu_memory_free"]
+    min_free: float = Field(0.9, gt=0, le=1, description="Share of each GPU's memory that must be free.")
+
+
+class Matmul(_Check):
+    check: Literal["matmul"]
+    size: int = Field(2048, ge=64, description="Square matrix size (bf16 on GPU, fp32 on CPU).")
+    iters: int = Field(10, ge=1, description="Timed multiplications.")
+    min_tflops: PerDevice = Field(description="Minimum TFLOP/s.")
+
+
+class AllReduce(_Check):
+    check: Literal["allreduce"]
+    size_mb: float = Field(64, gt=0, description="Message size in MB.")
+    iters: int = Field(5, ge=1, description="Timed all-reduces.")
+    min_busbw_gbps: PerDevice = Field(description="Minimum bus bandwidth in GB/s (nccl-tests' busbw).")
+
+
+class DiskWrite(_Check):
+    check: Literal["disk_write"]
+    path: str = Field("tmp", description="Directory under the node root to write to.")
+    size_mb: int = Field(64, ge=1, description="Bytes written (then fsync'd).")
+    min_mbps: float = Field(description="Minimum write speed in MB/s.")
+
+
+class EnvVars(_Check):
+    check: Literal["env"]
+    required: tuple[str, ...] = Field(description="Environment variables every task must have.")
+
+
+Check = Annotated[Union[GpuMemoryFree, Matmul, AllReduce, DiskWrite, EnvVars], Field(discriminator="check")]
+CHECK_KINDS = ("gpu_memory_free", "matmul", "allreduce", "disk_write", "env")
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    description: str = Field("", description="What workload these thresholds are for.")
+    checks: tuple[Check, ...] = Field(min_length=1, description="Checks, run in order on every node.")
+
+
+def _fields_of(data: dict, loc: tuple) -> list[str]:
+    """Known keys where an error occurred, for a "did you mean" hint."""
+    if len(loc) >= 3 and loc[0] == "checks" and isinstance(loc[1], int):
+        kind = (data.get("checks") or [{}])[loc[1]].get("check")
+        model = {m.model_fields["check"].annotation.__args__[0]: m
+                 for m in (GpuMemoryFree, Matmul, AllReduce, DiskWrite, EnvVars)}.get(kind)
+        return list(model.model_fields) if model else []
+    return list(Profile.model_fields)
+
+
+def parse_profile(data: object, source: str) -> Profile:
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile is a mapping with a `checks:` list")
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if p not in CHECK_KINDS)
+            key = ".".join(str(p) for p in loc)
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                near = difflib.get_close_matches(str(loc[-1]), _fields_of(data, loc), n=1)
+                msg = "unknown key" + (f"; did you mean `{near[0]}`?" if near else "")
+            elif err["type"] == "union_tag_invalid":
+                msg = f"unknown check {err['input'].get('check')!r}" if isinstance(err["input"], dict) else msg
+                near = difflib.get_close_matches(str(err["input"].get("check")), CHECK_KINDS, n=1) \
+                    if isinstance(err["input"], dict) else []
+                msg += f"; did you mean `{near[0]}`?" if near else f"; known checks: {', '.join(CHECK_KINDS)}"
+            lines.append(f"  {key}: {msg}")
+        raise ProfileError(f"{source}: invalid vetting profile\n" + "\n".join(lines)) from None
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A bundled profile by name (`llm`) or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILES / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
+        raise ProfileError(f"no vetting profile {name_or_path!r} (bundled: {known}; or give a .yaml path)")
+    return parse_profile(yaml.safe_load(path.read_text()), str(path))

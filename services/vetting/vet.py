@@ -1,0 +1,90 @@
+"""Run a vetting profile on every task of an allocation and abort it early if any node fails.
+
+    srun --ntasks-per-node=1 strata vet --profile llm
+
+Every task runs the profile's checks on its node; torch.distributed (gloo on CPU, NCCL on GPU) joins the tasks
+for the all-reduce and to gather every node's results. Task 0 prints one report naming the failing nodes and
+their figures; every task exits 1 if any node failed, so `srun` fails and the job script stops there.
+Outside Slurm it vets this machine alone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+from services.vetting.checks import RUN, Result
+from services.vetting.profile import Profile
+
+
+def _master_addr() -> str:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodelist:
+        return "127.0.0.1"
+    first = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True).stdout.split()
+    # the local site's nodes all live on this host (NodeAddr=127.0.0.1): their names do not resolve
+    try:
+        return socket.gethostbyname(first[0]) if first else "127.0.0.1"
+    except OSError:
+        return "127.0.0.1"
+
+
+def init_distributed() -> bool:
+    """Join the job's tasks (SLURM_PROCID / SLURM_NTASKS); False when alone."""
+    world = int(os.environ.get("SLURM_NTASKS", "1"))
+    if world == 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    os.environ.setdefault("MASTER_ADDR", _master_addr())
+    if os.environ["MASTER_ADDR"].startswith("127."):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the local site: every node is this host
+    os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 2000))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, rank=int(os.environ["SLURM_PROCID"]), world_size=world,
+                            timeout=timedelta(seconds=60))
+    return True
+
+
+def run_checks(profile: Profile, node: str, root: Path) -> list[Result]:
+    """Every check in order on every task (the collectives line up); a check that errors fails, naming why."""
+    out = []
+    for c in profile.checks:
+        try:
+            out.append(RUN[c.check](c, node, root))
+        except Exception as e:  # a broken node must give a report, not a traceback
+            out.append(Result(node, c.check, False, None, None, detail=f"error: {type(e).__name__}: {e}"))
+    return out
+
+
+def report(results: list[Result]) -> tuple[bool, str]:
+    """(all passed, text): failing nodes first and named, then every figure."""
+    bad = [r for r in results if not r.ok]
+    nodes = sorted({r.node for r in bad})
+    head = (f"vet FAILED on {len(nodes)} node(s): {', '.join(nodes)}" if bad
+            else f"vet passed on {len({r.node for r in results})} node(s)")
+    lines = [head] + [f"  FAIL {r.line()}" for r in bad] + [f"  ok   {r.line()}" for r in results if r.ok]
+    return not bad, "\n".join(lines)
+
+
+def vet(profile: Profile) -> tuple[bool, str | None]:
+    """Vet this task's node; returns (all nodes passed, report on task 0 else None)."""
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    root = Path(os.environ.get("STRATA_NODE_ROOT") or "/")
+    joined = init_distributed()
+    results = run_checks(profile, node, root)
+    if joined:
+        import torch.distributed as dist
+
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, results)
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        results = [r for part in gathered for r in part]
+        ok, text = report(results)
+        return ok, text if rank == 0 else None
+    return report(results)

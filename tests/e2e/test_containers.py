@@ -1,0 +1,204 @@
+"""User environments on the real local site: EDFs run as real runc containers, hooks, policy, srun --environment."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import SiteUnderTest, require_slurm
+from user_envs.images import GLIBC_DIR, build_image, trainer_edf, trainer_mounts
+
+pytestmark = pytest.mark.e2e
+
+HOOK_LIB = f"{GLIBC_DIR}/libz.so.1"  # stands for the network stack's libraries
+
+
+class ContainerSite(SiteUnderTest):
+    def run(self, edf: str, *cmd: str, check: bool = True, **env) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-m", "strata.cli", "run", "--vcluster", "alpha", "--site",
+                            str(self.file), f"--environment={edf}", "--", *cmd], capture_output=True, text=True,
+                           env=self.env(EDF_PATH=str(self.edf_dir), **env), timeout=120)
+        if check and r.returncode != 0:
+            raise AssertionError(f"strata run {edf} {cmd} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def cli(self, *args: str, site: bool = True, **env) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "strata.cli", *args, *(["--site", str(self.file)] if site else [])],
+                              capture_output=True, text=True, env=self.env(EDF_PATH=str(self.edf_dir), **env),
+                              timeout=240)
+
+    def edf(self, name: str, text: str) -> None:
+        (self.edf_dir / f"{name}.toml").write_text(text)
+
+
+@pytest.fixture(scope="module")
+def cs(tmp_path_factory):
+    require_slurm()
+    tmp = tmp_path_factory.mktemp("containers")
+    s = ContainerSite(tmp)
+    alpha = s.data["platforms"]["ml"]["vclusters"]["alpha"]
+    alpha["vservices"] = ["slurm", "container-engine"]
+    alpha["container_engine"] = {
+        "mount_allowlist": [str(tmp / "scratch"), str(tmp / "trainer.sqsh"), *trainer_mounts(tmp / "scratch" / "runs")],
+        "hooks": {"aws_ofi_nccl": {"libraries": [HOOK_LIB]}},
+    }
+    s.write()
+    s.edf_dir = tmp / "edf"
+    s.edf_dir.mkdir()
+    (tmp / "scratch").mkdir()
+    s.image = build_image("busybox", tmp / "busybox.sqsh")
+    s.trainer_image = build_image("trainer-base", tmp / "trainer.sqsh")
+    try:
+        s.strata("up")
+        r = s.cli("engine", "install", "alpha")
+        assert r.returncode == 0, r.stderr
+        yield s
+    finally:
+        s.down()
+
+
+def test_run_honours_workdir_env_mounts_and_user(cs):
+    scratch = cs.tmp / "scratch"
+    (scratch / "in.txt").write_text("from the host\n")
+    cs.edf("base", f'image = "{cs.image}"\n[env]\nFROM_BASE = "1"\nDROP_ME = "x"\n')
+    cs.edf("app", f'base_environment = "base"\nworkdir = "/data"\nmounts = ["{scratch}:/data:ro"]\n'
+                  '[env]\nGREETING = "hi ${USER}"\nDROP_ME = ""\n')
+    r = cs.run("app", "sh", "-c", 'id -u; id -g; pwd; cat in.txt; echo "$GREETING $FROM_BASE ${DROP_ME:-unset}"; '
+                                 'grep CapEff /proc/self/status; touch /data/x 2>/dev/null || echo ro-mount; exit 3',
+               check=False, USER="alice", SUDO_UID="1234", SUDO_GID="4321")
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.split("\n") == ["1234", "4321", "/data", "from the host", "hi alice 1 unset",
+                                    "CapEff:\t0000000000000000", "ro-mount", ""]
+
+
+def test_writable_root_is_thrown_away_and_readonly_when_not_writable(cs):
+    cs.edf("rw", f'image = "{cs.image}"\n')
+    cs.edf("ro", f'image = "{cs.image}"\nwritable = false\n')
+    assert cs.run("rw", "sh", "-c", "touch /made && echo made").stdout == "made\n"
+    assert cs.run("rw", "sh", "-c", "test -e /made && echo kept || echo gone").stdout == "gone\n"
+    r = cs.run("ro", "touch", "/made", check=False)
+    assert r.returncode != 0 and "Read-only file system" in r.stderr
+
+
+def test_entrypoint_runs_when_asked(cs):
+    cs.edf("ep", f'image = "{cs.image}"\nentrypoint = true\n')
+    cs.edf("noep", f'image = "{cs.image}"\n')
+    assert cs.run("ep", "echo", "cmd").stdout == "entrypoint ran\ncmd\n"
+    assert cs.run("noep", "echo", "cmd").stdout == "cmd\n"
+
+
+def test_sqsh_mount_binds_a_squashfs_image_read_only(cs):
+    cs.edf("sq", f'image = "{cs.image}"\nmounts = ["{cs.trainer_image}:/opt/tools:sqsh"]\n')
+    r = cs.run("sq", "sh", "-c", "readlink /opt/tools/lib; touch /opt/tools/x 2>/dev/null || echo ro")
+    assert r.stdout == "usr/lib\nro\n"
+
+
+def test_empty_image_runs_on_the_host(cs):
+    cs.edf("host", 'image = ""\n[env]\nX = "y"\n')
+    r = cs.run("host", "sh", "-c", f"echo $X; test -d {cs.root} && echo host-fs")
+    assert r.stdout == "y\nhost-fs\n"
+
+
+def test_canonical_cscs_ml_edf_runs_with_a_local_image(cs):
+    scratch = cs.tmp / "scratch" / "alice"
+    scratch.mkdir(exist_ok=True)
+    cs.edf("pytorch", f'image = "{cs.image}"\n'
+                      f'mounts = ["{cs.tmp}/scratch/${{USER}}:/capstor/scratch/cscs/${{USER}}"]\n'
+                      'workdir = "/capstor/scratch/cscs/${USER}"\n\n[annotations]\n'
+                      'com.hooks.aws_ofi_nccl.enabled = "true"\ncom.hooks.aws_ofi_nccl.variant = "cuda12"\n')
+    r = cs.run("pytorch", "sh", "-c", "pwd; ls /opt/strata/hooks/aws_ofi_nccl/lib; echo $LD_LIBRARY_PATH; "
+                                      "cat /etc/ld.so.conf.d/strata-aws_ofi_nccl.conf; touch out", USER="alice")
+    assert r.stdout.split("\n")[:4] == ["/capstor/scratch/cscs/alice", "libz.so.1",
+                                        "/opt/strata/hooks/aws_ofi_nccl/lib", "/opt/strata/hooks/aws_ofi_nccl/lib"]
+    assert (scratch / "out").exists()
+    shown = cs.cli("env", "show", "pytorch", site=False, USER="alice")
+    assert shown.returncode == 0 and '"com.hooks.aws_ofi_nccl.variant" = "cuda12"' in shown.stdout
+
+
+@pytest.mark.parametrize("mounts,annotations,image,why", [
+    (["/etc/munge:/m"], "", None, "containers may never mount"),
+    (["{state}/vclusters/beta/munge:/m"], "", None, "containers may never mount"),
+    (["/var:/v"], "", None, "is outside the paths vCluster alpha allows"),
+    ([], 'com.hooks.cxi.enabled = "true"', None, "does not offer the hook 'cxi'"),
+    ([], "", "nvcr.io#nvidia/pytorch:24.01-py3", "registry image"),
+])
+def test_policy_refuses_with_a_clear_error(cs, mounts, annotations, image, why):
+    ms = ", ".join(f'"{m.format(state=cs.root)}"' for m in mounts)
+    cs.edf("bad", f'image = "{image or cs.image}"\nmounts = [{ms}]\n[annotations]\n{annotations}\n')
+    r = cs.run("bad", "true", check=False)
+    assert r.returncode == 2 and why in r.stderr and "bad.toml" in r.stderr, r.stderr
+
+
+def test_container_sees_no_munge_socket_and_no_site_state(cs):
+    cs.edf("plain", f'image = "{cs.image}"\nmounts = ["{cs.tmp}/scratch:/scratch"]\n')
+    munged = (cs.root / "vclusters" / "beta" / "munge" / "munged.pid").read_text().strip()
+    sock = cs.root / "vclusters" / "beta" / "munge" / "munge.sock"
+    # not by path, and not through the (shared) /proc either: no CAP_SYS_PTRACE, so /proc/PID/root is closed
+    r = cs.run("plain", "sh", "-c", f"test -e {cs.root} && echo state-visible; find / -name 'munge*' 2>/dev/null; "
+                                    f"test -e /proc/{munged}/root{sock} && echo via-proc; echo done")
+    assert r.stdout == "done\n"
+
+
+def test_bundle_is_cached_by_image_digest(cs):
+    cs.edf("plain2", f'image = "{cs.image}"\n')
+    cs.run("plain2", "true")
+    digest = hashlib.sha256(cs.image.read_bytes()).hexdigest()
+    rootfs = cs.root / "container-engine" / "images" / digest / "rootfs"
+    before = rootfs.stat().st_mtime_ns
+    cs.run("plain2", "true")
+    assert rootfs.is_dir() and rootfs.stat().st_mtime_ns == before
+    assert not any((cs.root / "container-engine" / "runs").iterdir())  # per-run bundles are removed
+
+
+def test_vservices_say_how_to_reach_each(cs):
+    r = cs.cli("vservices", "alpha")
+    assert r.returncode == 0
+    assert f"SLURM_CONF={cs.conf('alpha')}" in r.stdout and "srun --environment=NAME" in r.stdout
+    assert "container-engine" not in cs.cli("vservices", "beta").stdout
+
+
+def srun(cs, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(["srun", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "SLURM_CONF": str(cs.conf("alpha")), "EDF_PATH": str(cs.edf_dir)})
+
+
+def test_srun_environment_runs_tasks_in_containers_with_hooks(cs):
+    cs.edf("nccl", f'image = "{cs.image}"\n[annotations]\ncom.hooks.aws_ofi_nccl.enabled = "true"\n')
+    r = srun(cs, "-N2", "-C", "thp_never", "--environment=nccl", "sh", "-c",
+             'echo "$SLURM_PROCID $SLURMD_NODENAME $(ls /opt/strata/hooks/aws_ofi_nccl/lib) $(ls /dev | grep -c nvidia)"')
+    assert r.returncode == 0, r.stderr
+    # the GPU hook bound the node root's 4 /dev/nvidia* (+ nvidiactl etc. if present)
+    lines = sorted(r.stdout.split("\n")[:-1])
+    assert [ln.split()[:3] for ln in lines] == [["0", "nid001", "libz.so.1"], ["1", "nid002", "libz.so.1"]]
+    assert all(int(ln.split()[3]) >= 4 for ln in lines)
+    bad = srun(cs, "-N1", "--environment=nosuch", "true")
+    assert bad.returncode != 0 and "no environment 'nosuch'" in bad.stderr
+
+
+def test_sbatch_environment_runs_the_steps_in_containers_and_the_script_on_the_host(cs):
+    cs.edf("steps", f'image = "{cs.image}"\n')
+    out = cs.tmp / "batch.out"
+    job = subprocess.run(["sbatch", "--parsable", "-N2", "--environment=steps", "-o", str(out), "--wrap",
+                          f"test -d {cs.root} && echo script-on-host; "
+                          f"srun -N2 sh -c 'test -d {cs.root} || echo step-in-container'"],
+                         capture_output=True, text=True, check=True, timeout=60,
+                         env={**os.environ, "SLURM_CONF": str(cs.conf("alpha")), "EDF_PATH": str(cs.edf_dir)}).stdout.strip()
+    assert cs.wait_job("alpha", job, ("COMPLETED", "FAILED"))["JobState"] == "COMPLETED", out.read_text()
+    assert sorted(out.read_text().split()) == ["script-on-host", "step-in-container", "step-in-container"]
+
+
+def test_srun_trainer_tiny_on_two_nodes_in_containers(cs):
+    runs = cs.tmp / "scratch" / "runs"
+    runs.mkdir()
+    cs.edf("trainer", trainer_edf(cs.trainer_image, runs))
+    r = srun(cs, "-N2", "--environment=trainer", "sh", "-c",
+             "test -e /etc/munge && exit 9; exec python -m workloads.trainer.train --config tiny "
+             "--training.max_steps=3 --job.run_dir=/runs/tiny", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "step 3/3" in r.stdout + r.stderr and "weights agree across 2 ranks" in r.stdout + r.stderr
+    assert any((runs / "tiny").iterdir())
