@@ -8,18 +8,18 @@ from pathlib import Path
 
 from iac.layout import Layout
 from iac.site import Site, expand_nodes
-from services.prolog.tuning import THP_FEATURES, VBOOST_FEATURES
+from services.prolog.tuning import THP_FEATURES, VBOOST_FEATURES, VETNODE_FEATURE
 from services.prolog.wrapper import WRAPPERS, WrapperInputs, render_wrapper
 from services.slurm.render import SlurmCluster, SlurmNode, SlurmPartition
 
 
 def node_features(site: Site, node: str) -> tuple[str, ...]:
     """Features a node announces (selectable with -C): GPU model, CPU architecture, the THP modes the
-    prolog applies, and vBoost where the GPUs support it."""
+    prolog applies, `vetnode` (the prolog vets the node first), and vBoost where the GPUs support it."""
     hw = site.nodes[node].hardware
     gpu = [hw.gpus.model] if hw.gpus.count else []
     vboost = list(VBOOST_FEATURES) if hw.gpus.count and hw.gpus.vboost else []
-    return tuple(sorted({hw.arch, *gpu, *THP_FEATURES, *vboost}))
+    return tuple(sorted({hw.arch, *gpu, *THP_FEATURES, VETNODE_FEATURE, *vboost}))
 
 
 def wrapper_path(site: Site, layout: Layout, vcluster: str, kind: str) -> Path:

@@ -1,7 +1,8 @@
 """THP and vBoost as Slurm features: what the job's constraints ask for, and the node's defaults to reset to.
 
 Features (declared per node in slurm.conf): `thp_always` (default), `thp_madvise`, `thp_never`;
-`nvidia_vboost_enabled`, `nvidia_vboost_disabled` (only on nodes whose GPUs support vBoost).
+`nvidia_vboost_enabled`, `nvidia_vboost_disabled` (only on nodes whose GPUs support vBoost); `vetnode` (the
+prolog vets the node first: part `vetnode`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 THP_MODES = ("always", "madvise", "never")
 THP_FEATURES = tuple(f"thp_{m}" for m in THP_MODES)
 VBOOST_FEATURES = ("nvidia_vboost_enabled", "nvidia_vboost_disabled")
+VETNODE_FEATURE = "vetnode"
 THP_ENABLED = "sys/kernel/mm/transparent_hugepage/enabled"
 NODE_DEFAULTS = "etc/strata/tuning.json"  # written by the node_tuning role
 
@@ -26,13 +28,18 @@ class Wanted:
     vboost: bool | None = None
 
 
+def features(constraints: str) -> list[str]:
+    """The feature names in SLURM_JOB_CONSTRAINTS (`thp_never&nvidia_vboost_enabled`, `[a|b]`, `a*2`…), in order."""
+    return re.findall(r"[A-Za-z0-9_.-]+", constraints or "")
+
+
 def wanted(constraints: str) -> Wanted:
-    """Read our features out of SLURM_JOB_CONSTRAINTS (`thp_never&nvidia_vboost_enabled`, `[a|b]`, `a*2`…).
+    """Read our THP and vBoost features out of SLURM_JOB_CONSTRAINTS.
 
     The first THP feature named wins: with `thp_never|thp_madvise` Slurm does not say which one it matched,
     and every node offers all three.
     """
-    words = re.findall(r"[A-Za-z0-9_.-]+", constraints or "")
+    words = features(constraints)
     thp = next((w.removeprefix("thp_") for w in words if w in THP_FEATURES), None)
     vb = next((w == "nvidia_vboost_enabled" for w in words if w in VBOOST_FEATURES), None)
     return Wanted(thp, vb)

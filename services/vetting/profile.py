@@ -43,7 +43,9 @@ class GpuMemoryFree(_Check):
 
 class Matmul(_Check):
     check: Literal["matmul"]
-    size: int = Field(2048, ge=64, description="Square matrix size (bf16 on GPU, fp32 on CPU).")
+    size: int = Field(2048, ge=64, description="Square matrix size on CPU (fp32).")
+    cuda_size: int = Field(8192, ge=64, description="Square matrix size on a CUDA GPU (bf16): large enough that "
+                           "kernel launches do not dominate (8192: 1.1 TFLOP a product, ~1.5 ms on an H100).")
     iters: int = Field(10, ge=1, description="Timed multiplications.")
     min_tflops: PerDevice = Field(description="Minimum TFLOP/s.")
 

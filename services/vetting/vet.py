@@ -6,18 +6,30 @@ Every task runs the profile's checks on its node; torch.distributed (gloo on CPU
 for the all-reduce and to gather every node's results. Task 0 prints one report naming the failing nodes and
 their figures; every task exits 1 if any node failed, so `srun` fails and the job script stops there.
 Outside Slurm it vets this machine alone.
+
+    python -m services.vetting --node-local --profile llm
+
+only runs the checks that measure the node alone (not the all-reduce, not the tasks' `env`): the prolog part
+`vetnode` runs it for jobs that ask `-C vetnode`. It exits 1 with the failed figures on one stderr line
+(`matmul: 3.5e-06 TFLOP/s < 0.001 (cpu)`), which becomes the drain reason.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 from services.vetting.checks import RUN, Result
 from services.vetting.profile import Profile
+
+# Checks that need the job's tasks: the all-reduce joins every task of the allocation, `env` reads a task's
+# environment (the prolog runs before there are tasks). The others measure the node alone.
+TASK_CHECKS = ("allreduce", "env")
 
 
 def _master_addr() -> str:
@@ -88,3 +100,41 @@ def vet(profile: Profile) -> tuple[bool, str | None]:
         ok, text = report(results)
         return ok, text if rank == 0 else None
     return report(results)
+
+
+def node_local(profile: Profile) -> Profile:
+    """The profile's checks that measure this node alone, in order."""
+    return profile.model_copy(update={"checks": tuple(c for c in profile.checks if c.check not in TASK_CHECKS)})
+
+
+def vet_node(profile: Profile) -> tuple[bool, str, list[Result]]:
+    """The node-local checks on this node (STRATA_NODE_ROOT, SLURMD_NODENAME), no other task joined."""
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    results = run_checks(node_local(profile), node, Path(os.environ.get("STRATA_NODE_ROOT") or "/"))
+    ok, text = report(results)
+    return ok, text, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m services.vetting [--node-local] [--profile llm]`: exit 1 if a check failed, 2 on a bad profile."""
+    from services.vetting.profile import ProfileError, load_profile
+
+    ap = argparse.ArgumentParser(prog="python -m services.vetting")
+    ap.add_argument("--profile", default="llm", help="bundled profile name or a YAML path")
+    ap.add_argument("--node-local", action="store_true", help="only the checks that measure this node alone")
+    a = ap.parse_args(argv)
+    try:
+        prof = load_profile(a.profile)
+    except ProfileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not a.node_local:
+        ok, text = vet(prof)
+        if text:
+            print(text, flush=True)
+        return 0 if ok else 1
+    ok, text, results = vet_node(prof)
+    print(text, flush=True)
+    if not ok:  # one line, the failed figures: the prolog part's detail
+        print("; ".join(r.figure() for r in results if not r.ok), file=sys.stderr)
+    return 0 if ok else 1

@@ -68,7 +68,8 @@ def test_thp_never_and_vboost_apply_during_the_job_and_reset_after(psite):
     assert not (root / f"tmp/strata-job-{job}").exists()
     checks = json.loads((root.parent / "checks.json").read_text())
     assert checks["prolog"]["job"] == job and checks["prolog"]["ok"]
-    assert [p["name"] for p in checks["prolog"]["parts"]] == ["cache-flush", "gpu-memory", "thp-vboost", "job-cache"]
+    assert [p["name"] for p in checks["prolog"]["parts"]] == ["cache-flush", "gpu-memory", "thp-vboost", "job-cache",
+                                                              "vetnode"]
     assert (root / "proc/sys/vm/drop_caches").read_text() == "3\n"
 
 
@@ -164,3 +165,27 @@ def test_vet_aborts_a_two_node_allocation_naming_the_slow_node(psite):
     assert len(fails) == 1 and fails[0].startswith("  FAIL nid002 matmul:"), text
     assert "ok   nid001 matmul" in text and "ok   nid001 allreduce" in text and "2 tasks, gloo" in text
     assert "training starts" not in text
+
+
+def test_vetnode_drains_a_slow_node_naming_the_check_and_the_job_runs_elsewhere(psite):
+    perf = node_root(psite, "nid001") / "run/strata/perf.json"
+    perf.write_text(json.dumps({"matmul": 1e-6}))  # emulated: nid001 multiplies a million times slower
+    try:
+        for n in ("nid001", "nid002", "nid003"):  # nid001 is the first idle node: Slurm starts the job there first
+            wait_idle(psite, n)
+        out = psite.slurm("alpha", "sbatch", "--parsable", "-C", "vetnode", "-o", str(psite.tmp / "job-%j.out"),
+                          "--wrap", "hostname")
+        job = out.strip().split(";")[0]
+        info = psite.wait_job("alpha", job, ENDED, timeout=90)
+        assert info["JobState"] == "COMPLETED" and info["NodeList"] != "nid001", info
+        assert int(info["Restarts"]) >= 1
+        st = psite.node_state("alpha", "nid001")
+        assert st.drain and st.reason.startswith("strata: prolog vetnode: matmul: "), st.reason
+        assert "TFLOP/s < 0.001 (cpu)" in st.reason
+        ran = json.loads((node_root(psite, info["NodeList"]).parent / "checks.json").read_text())["prolog"]
+        vetnode = [p for p in ran["parts"] if p["name"] == "vetnode"]
+        assert ran["job"] == job and vetnode[0]["ok"] and "passed" in vetnode[0]["detail"], ran
+    finally:
+        perf.unlink()
+    psite.strata("nodes", "resume", "nid001")
+    assert not psite.node_state("alpha", "nid001").drain

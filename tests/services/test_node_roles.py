@@ -40,7 +40,8 @@ def test_roles_install_parts_and_tuning_into_the_node_root_and_rerun_changes_not
     assert first.changed == {"nid001": 2, "nid002": 2}
     r = roots["nid001"]
     assert sorted(p.name for p in (r / "etc/strata/prolog.d").iterdir()) == [
-        ".strata-managed", "10-cache-flush.py", "20-gpu-memory.py", "30-thp-vboost.py", "40-job-cache.py"]
+        ".strata-managed", "10-cache-flush.py", "20-gpu-memory.py", "30-thp-vboost.py", "40-job-cache.py",
+        "50-vetnode.py"]
     assert (r / "etc/modprobe.d/strata-nvidia-uvm.conf").read_text().endswith(
         "options nvidia_uvm uvm_perf_access_counter_migration_enable=0\n")
     assert "NUMAMask=0-3" in (r / "etc/systemd/system.conf.d/strata-numa.conf").read_text()

@@ -51,7 +51,7 @@ def test_parts_are_found_in_numbered_order_without_backups_or_caches(tmp_path):
 
 def test_packaged_parts_cover_the_prolog_and_the_epilog():
     assert [part_name(p) for p in discover(runner.PARTS / "prolog.d")] == [
-        "cache-flush", "gpu-memory", "thp-vboost", "job-cache"]
+        "cache-flush", "gpu-memory", "thp-vboost", "job-cache", "vetnode"]
     assert [part_name(p) for p in discover(runner.PARTS / "epilog.d")] == ["job-cache", "thp-vboost"]
 
 
@@ -78,7 +78,7 @@ def test_prolog_applies_the_jobs_thp_and_epilog_resets_it(node):
     assert checks["prolog"]["ok"] and checks["epilog"]["ok"] and checks["prolog"]["job"] == "9"
     log = (node / "log/prolog.log").read_text().splitlines()
     assert [line.split()[3:5] for line in log] == [
-        ["cache-flush", "ok"], ["gpu-memory", "ok"], ["thp-vboost", "ok"], ["job-cache", "ok"]]
+        ["cache-flush", "ok"], ["gpu-memory", "ok"], ["thp-vboost", "ok"], ["job-cache", "ok"], ["vetnode", "ok"]]
 
 
 def test_failed_prolog_leaves_nothing_half_applied(node):
