@@ -11,7 +11,7 @@ and back, interleaving strata and the baseline (ABBA order) so that other load f
 Printed: the wall time of a move (median, min) and the ratio strata/baseline; where strata's time goes, per
 step (from the site's `journal.jsonl`) and inside the steps (controller restarts, the Ansible playbook, its
 start-up and tasks from ansible-runner's job events); the baseline's own steps; and the floor of one
-ansible-runner run (an empty playbook, one command task) on this machine.
+ansible-runner run (an empty playbook, one command task, one raw task) on this machine.
 Everything is torn down at the end, also on failure or Ctrl-C: `SiteOps.down(purge=True)` on both sites,
 after the baseline's daemons are stopped by pid.
 """
@@ -238,6 +238,8 @@ FLOOR_PLAYBOOKS = {  # what -> (playbook, hosts)
     "ansible-runner: empty play, 1 node": (PLAY.format(tasks="[]"), 1),
     "ansible-runner: one command task, 1 node": (PLAY.format(tasks="[{command: /bin/true}]"), 1),
     "ansible-runner: one command task, 4 nodes": (PLAY.format(tasks="[{command: /bin/true}]"), 4),
+    "ansible-runner: one raw task (our roles), 1 node": (PLAY.format(tasks="[{raw: /bin/true}]"), 1),
+    "ansible-runner: one raw task (our roles), 4 nodes": (PLAY.format(tasks="[{raw: /bin/true}]"), 4),
 }
 
 

@@ -220,6 +220,7 @@ class MoveRunner:
             deadline = time.monotonic() + register_timeout
             while pending:
                 states = plane.slurm.nodes()
+                ours: list[str] = []  # resumed with one scontrol call per pass
                 for n in sorted(pending):
                     st = states.get(n)
                     if st is None or not st.responding:
@@ -233,9 +234,11 @@ class MoveRunner:
                         plane.slurm.drain([n], carried)
                         self.say(f"kept    {n} drained in {target}: {carried!r} (set by someone else)")
                     elif st.drain and st.reason.startswith(MOVING):
-                        plane.slurm.resume([n])
-                        self.say(f"resume  {n} in {target}")
+                        ours.append(n)
                     resumed.add(n)
+                if ours:
+                    plane.slurm.resume(ours)
+                    self.say(f"resume  {collect_nodes(ours)} in {target}")
                 if pending and time.monotonic() > deadline:
                     for n in pending:
                         log = self.layout.node_dir(n) / "log/slurmd.log"
