@@ -135,6 +135,10 @@ def run(env: ResolvedEdf, argv: list[str], cfg: EngineConfig, environ: Mapping[s
     check_policy(env, cfg, offered)
     if env.image == "":
         return _run_on_host(env, argv, environ)
+    if os.geteuid() != 0:
+        raise EngineError("containers need root here: the engine runs runc as root and the container process as "
+                          "you (rootless containers are not supported yet; see docs/user_envs.md, Limits); "
+                          "run as root, or use an EDF with image = \"\" to run on the host")
     if not env.image.startswith("/") and "#" not in env.image and Path(env.image).exists():
         raise EngineError(f"{env.chain[-1]}: image: {env.image!r} is a relative path; write it absolute")
     if not _is_local(env.image):
