@@ -3,54 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-from functools import wraps
 from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
-from rich.console import Console
 from rich.table import Table
 
-from iac.layout import state_root
-from iac.site import SiteError, load_site
-
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
-DEFAULT_SITE = "sites/local.yaml"
-
-
-def site_option() -> str:
-    return typer.Option(DEFAULT_SITE, "--site", help="Site file.", envvar="STRATA_SITE")
-
-
-def handle_errors(fn):
-    """User errors exit with a message, no traceback: 2 for bad input, 1 for a failed operation."""
-    from iac.ops import StateError
-    from services.ansible.runner import AnsibleError
-    from services.slurm.control import SlurmError
-    from services.slurm.daemons import DaemonError
-
-    @wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except SiteError as e:
-            err.print(f"[red]error:[/] invalid site file\n{e}", markup=True, highlight=False)
-            raise typer.Exit(2)
-        except (DaemonError, StateError, AnsibleError, SlurmError) as e:
-            err.print(f"[red]error:[/] {e}", highlight=False)
-            raise typer.Exit(1)
-    return wrapper
-
-
-def ops_for(site_path: str):
-    from iac.ops import SiteOps
-
-    site = load_site(site_path)
-    return SiteOps(site, state_root(), say=lambda m: console.print(m, highlight=False))
-
+from iac import nodes_cli
+from iac.cli_common import DEFAULT_SITE, console, err, handle_errors, ops_for, site_option  # noqa: F401 (re-exported)
+from iac.layout import Layout, state_root
+from iac.site import load_site
 
 def _report(outcomes) -> None:
     if not outcomes:
@@ -68,6 +30,7 @@ def _report(outcomes) -> None:
 
 def register(app: typer.Typer) -> None:
     """Mount the IaC commands on the root app."""
+    nodes_cli.register(app)
 
     @app.command()
     @handle_errors
@@ -145,7 +108,6 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def env(vcluster: str, site: str = site_option()):
         """Print `export SLURM_CONF=…` so that plain sinfo/sbatch/srun talk to VCLUSTER."""
-        from iac.layout import Layout
 
         s = load_site(site)
         if vcluster not in s.vclusters:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import typer
 
-from iac.cli import console, err, handle_errors, site_option
+from rich.console import Console
+
 from iac.layout import Layout, state_root
-from iac.site import load_site
+from iac.site import SiteError, load_site
 
 HOW_TO_REACH = {
     "slurm": "export SLURM_CONF={slurm_conf}   (or: eval $(strata env {vc})); then sinfo, sbatch, srun",
@@ -26,8 +27,18 @@ HOW_TO_REACH = {
 }
 
 
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def site_option() -> str:
+    return typer.Option("sites/local.yaml", "--site", help="Site file.", envvar="STRATA_SITE")
+
+
 def user_errors(fn):
-    """EDF and engine refusals exit 2 with the message (file, key, fix), no traceback."""
+    """Refusals exit with the message (file, key, fix), no traceback: 2 for bad input (EDF, engine policy,
+    site file), 1 for a failed install."""
+    from services.ansible.runner import AnsibleError
     from user_envs.edf import EdfError
     from user_envs.engine import EngineError
     from user_envs.install import InstallError
@@ -36,10 +47,13 @@ def user_errors(fn):
     def wrapper(*a, **kw):
         try:
             return fn(*a, **kw)
+        except SiteError as e:
+            err.print(f"[red]error:[/] invalid site file\n{e}", highlight=False)
+            raise typer.Exit(2)
         except (EdfError, EngineError) as e:
             err.print(f"[red]error:[/] {e}", highlight=False)
             raise typer.Exit(2)
-        except InstallError as e:
+        except (InstallError, AnsibleError) as e:
             err.print(f"[red]error:[/] {e}", highlight=False)
             raise typer.Exit(1)
     return wrapper
@@ -82,7 +96,6 @@ def register(app: typer.Typer, env_app: typer.Typer) -> None:
         print(resolve(name).to_toml(), end="")
 
     @app.command(context_settings={"allow_interspersed_args": False})
-    @handle_errors
     @user_errors
     def run(
         cmd: list[str] = typer.Argument(..., help="The command to run in the container (after --)."),
@@ -103,7 +116,7 @@ def register(app: typer.Typer, env_app: typer.Typer) -> None:
         raise typer.Exit(run_named(environment, cmd, engine_dir(Layout.of(s, state_root()), vc) / "engine.json"))
 
     @app.command()
-    @handle_errors
+    @user_errors
     def vservices(vcluster: str, site: str = site_option(),
                   as_json: bool = typer.Option(False, "--json", help="Machine-readable.")):
         """The vServices a vCluster offers and how to reach each."""
@@ -124,7 +137,6 @@ def register(app: typer.Typer, env_app: typer.Typer) -> None:
     engine_app = typer.Typer(no_args_is_help=True, help="The container-engine vService.")
 
     @engine_app.command("install")
-    @handle_errors
     @user_errors
     def install(vclusters: list[str] = typer.Argument(None, help="Default: every vCluster offering it."),
                 site: str = site_option()):
@@ -138,7 +150,7 @@ def register(app: typer.Typer, env_app: typer.Typer) -> None:
                       + (f" (changed: {', '.join(sorted(h for h, n in changed.items() if n))})" if any(changed.values()) else ""))
 
     @engine_app.command("image")
-    @handle_errors
+    @user_errors
     def image(kind: str = typer.Argument(..., help="busybox or trainer-base."),
               out: Path = typer.Argument(..., help="The SquashFS file to write.")):
         """Build a small SquashFS image from busybox-static (trainer-base: for `strata engine trainer-edf`)."""

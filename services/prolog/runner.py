@@ -157,6 +157,26 @@ class NodeRecord:
         write_atomic(path, json.dumps(checks, indent=1, sort_keys=True) + "\n")
 
 
+def load_checks(node_dir: Path) -> dict:
+    """The node's last prolog/epilog results as `save` wrote them ({} when none yet)."""
+    try:
+        return json.loads((Path(node_dir) / "checks.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def summarize(checks: dict) -> str:
+    """One line of the node's last results: `prolog ok (job 12, 85 ms)` or the failed parts with details."""
+    out = []
+    for kind in ("prolog", "epilog"):
+        c = checks.get(kind)
+        if not c:
+            continue
+        bad = [f"{p['name']}: {p['detail']}" for p in c["parts"] if not p["ok"]]
+        out.append(f"{kind} " + ("; ".join(bad) if bad else f"ok (job {c['job']}, {c['ms']:.0f} ms)"))
+    return " | ".join(out)
+
+
 def drain(node: str, reason: str, env: Mapping[str, str]) -> str:
     """Drain the node with our reason before failing, so it replaces Slurm's generic "Prolog error"."""
     r = subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"],
