@@ -208,8 +208,9 @@ class MoveRunner:
     def resume(self, moves: list[Move], register_timeout: float = 60.0) -> None:
         """Once registered, resume nodes we drained; restore an admin's drain carried by --force.
 
-        Slurm flags a resumed node not responding until its next ping (~1 s, `idle*`): the step ends
-        when the node answers again, so a move hands back a node that takes jobs.
+        Slurm flags a resumed node not responding until its next ping (~1 s, `idle*`): its slurmd is made
+        to register again, and the step ends when the node answers, so a move hands back a node that takes
+        jobs.
         """
         for target in sorted({m.target for m in moves}):
             plane = self.planes[target]
@@ -238,6 +239,9 @@ class MoveRunner:
                     resumed.add(n)
                 if ours:
                     plane.slurm.resume(ours)
+                    # RESUME flags the nodes NOT_RESPONDING until the controller's next ping (up to ~1 s);
+                    # a SIGHUP makes their slurmds register again at once
+                    plane.reload_slurmds(skip=frozenset(plane.members()) - set(ours))
                     self.say(f"resume  {collect_nodes(ours)} in {target}")
                 if pending and time.monotonic() > deadline:
                     for n in pending:
