@@ -7,6 +7,10 @@ Every variant starts a busybox image and runs `true`, so the figures are start +
   engine        user_envs.engine.run in-process: policy checks, digest lookup (cached image), overlay
                 mount, config.json, `runc run`, unmount, cleanup; no hook applies
   engine+gpu    the same with the always-on GPU hook (a Python hook process; no /dev/nvidia* here)
+  runc rootless `runc run` of a prepared rootless bundle, from a user namespace where uid 1000 is root: the
+                floor of a rootless start (runc's own user namespace, the uid re-map in the container)
+  engine rootless  user_envs.engine.run as uid 1000 without root (`unshare --user --map-user=1000`): a
+                forked child enters a user + mount namespace, mounts the overlay there, execs runc
   user_envs.run the lean CLI the SPANK plugin execs (a fresh Python: imports + EDF resolve + engine)
   strata run    the full CLI (typer, site file)           [only with --cli]
 Prints medians in ms and the ratio engine / runc (aim: <= 1.2).
@@ -53,11 +57,63 @@ def timed(fn, runs: int) -> list[float]:
     return out
 
 
+USER_1000 = ["unshare", "--user", "--map-user=1000", "--map-group=1000"]
+
+
+def rootless_child(cfg_path: Path, edf_dir: Path, user_dir: Path, runs: int) -> None:
+    """Runs as uid 1000 without capabilities: time bare rootless runc and the rootless engine (interleaved),
+    print the figures as JSON."""
+    from user_envs import userns
+
+    environ = {**os.environ, "EDF_PATH": str(edf_dir), "STRATA_USER_DIR": str(user_dir)}
+    cfg = engine.EngineConfig.load(cfg_path)
+    env = resolve("bb", environ)
+    engine.run(env, ["true"], cfg, environ)  # unpack once into the user's cache
+    # the bare bundle: this user's cached rootfs, an overlay and a rootless config, in a namespace held by a fork
+    ucfg = engine.user_state(cfg, environ)
+    lower = bundle.unpacked_rootfs(Path(env.image), ucfg.cache)
+    bare = ucfg.runs / "bare"
+    bare.mkdir()
+    spec = bundle.RunSpec(rootfs=bare / "rootfs", args=("true",), env=engine.container_env(env, environ, []), cwd="/",
+                          uid=os.getuid(), gid=os.getgid(), readonly=False, rootless=userns.remap_tool())
+    results, go = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # enters the user namespace once; times one bare start per go byte (interleaved with the engine's)
+        os.close(results[0])
+        os.close(go[1])
+        userns.enter(os.geteuid(), os.getegid())
+        bundle.overlay(lower, bare)
+        bundle.write_config(bare, bundle.build_config(spec))
+        n = iter(range(10**6))
+        cmd = lambda: ["runc", "--root", str(ucfg.runc_root), "run", "--bundle", str(bare), f"bare{next(n)}"]  # noqa: E731
+        for _ in range(3):
+            subprocess.run(cmd(), check=True)  # warm up
+        while os.read(go[0], 1):
+            os.write(results[1], json.dumps(timed(lambda: subprocess.run(cmd(), check=True), 1)).encode() + b"\n")
+        os._exit(0)
+    os.close(results[1])
+    os.close(go[0])
+    out = {"runc rootless": [], "engine rootless": []}
+    with os.fdopen(results[0]) as f:
+        for _ in range(runs):
+            os.write(go[1], b"x")
+            out["runc rootless"] += json.loads(f.readline())
+            out["engine rootless"] += timed(lambda: engine.run(env, ["true"], cfg, environ), 1)
+    os.close(go[1])
+    os.waitpid(pid, 0)
+    bare.rmdir()
+    print(json.dumps(out))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--cli", action="store_true", help="Also time the full `strata run` CLI.")
+    p.add_argument("--rootless-child", nargs=3, type=Path, metavar=("ENGINE_JSON", "EDF_DIR", "USER_DIR"),
+                   help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.rootless_child:
+        return rootless_child(*a.rootless_child, a.runs)
     tmp = Path(tempfile.mkdtemp(prefix="bench-container-"))
     try:
         image = build_image(tmp)
@@ -93,6 +149,13 @@ def main() -> None:
         for _ in range(a.runs):  # interleaved: the machine's load drifts (2 shared cores)
             results["runc"] += timed(runc_bare, 1)
             results["engine"] += timed(lambda: engine.run(env, ["true"], cfg, environ), 1)
+        if subprocess.run([*USER_1000, "true"], capture_output=True).returncode == 0:
+            child = subprocess.run([*USER_1000, sys.executable, __file__, "--runs", str(a.runs), "--rootless-child",
+                                    str(cfg_path), str(edf_dir), str(tmp / "user1000")],
+                                   capture_output=True, text=True, check=True)
+            results.update(json.loads(child.stdout))
+        else:
+            print("engine rootless: skipped, `unshare --user` fails here", file=sys.stderr)
         (cfg.hooks_dir / "gpu.json").write_text(json.dumps(hooks.gpu_hook_definition()))
         results["engine+gpu"] = timed(lambda: engine.run(env, ["true"], cfg, environ), a.runs)
         (cfg.hooks_dir / "gpu.json").unlink()

@@ -6,6 +6,10 @@ not installed here and a loop mount needs a free loop device per image and root;
 image and the cached tree is shared by every run. Each run gets an overlay (lower = the cached rootfs,
 upper = a scratch dir) so that `writable = true` never changes the cache and hooks can add files.
 `build_config` is pure: the resolved EDF and the run's facts in, the OCI runtime config out.
+
+A caller who is not root unpacks images into a cache of their own (device nodes cannot be created without
+root and are skipped: a container's /dev is a tmpfs of runc's anyway) and gets a rootless config
+(`RunSpec.rootless`, see `build_config`); `user_envs/userns.py` mounts the overlay in a user namespace.
 """
 
 from __future__ import annotations
@@ -71,14 +75,22 @@ def unpacked_rootfs(image: Path, cache: Path) -> Path:
             return rootfs
         tmp = rootfs.parent / "rootfs.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        r = subprocess.run(["unsquashfs", "-no-progress", "-quiet", "-d", str(tmp), str(image)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
+        as_root = os.geteuid() == 0
+        # not root: files become the caller's (unsquashfs chowns only as root) and only user.* xattrs can be set
+        r = subprocess.run(["unsquashfs", "-no-progress", "-quiet", *([] if as_root else ["-user-xattrs"]),
+                            "-d", str(tmp), str(image)], capture_output=True, text=True)
+        if r.returncode != 0 and (as_root or not _only_device_nodes_skipped(r)):
             shutil.rmtree(tmp, ignore_errors=True)
             raise BundleError(f"image {image} is not a SquashFS image unsquashfs can read: {r.stderr.strip()}; "
                               "build it with mksquashfs DIR IMAGE")
         tmp.rename(rootfs)
     return rootfs
+
+
+def _only_device_nodes_skipped(r: subprocess.CompletedProcess) -> bool:
+    """unsquashfs as a user: exit 2 ("non-fatal errors") when the only errors are device nodes it may not create."""
+    errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    return r.returncode == 2 and all("because you're not superuser" in ln for ln in errors)
 
 
 def mount(src: str, dst: Path, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -142,6 +154,31 @@ class RunSpec:
     hooks: dict[str, list[dict]] = field(default_factory=dict)  # OCI stage -> hook entries
     annotations: dict[str, str] = field(default_factory=dict)
     device_rules: tuple[dict, ...] = ()
+    rootless: RemapTool | None = None  # set when the engine runs runc inside the caller's user namespace
+
+
+# Where a rootless container finds the host's `unshare` and the loader that runs it (whatever libc the image has).
+REMAP_DIR = "/.strata"
+
+
+@dataclass(frozen=True)
+class RemapTool:
+    """Host files that, bound into a rootless container, let its process run as the caller's own uid.
+
+    runc needs uid 0 in the container's user namespace (it `setuid(0)`s before it execs the process), and a
+    user namespace made without a setuid helper (newuidmap) holds one uid only, so the process starts as 0
+    (the caller) and util-linux `unshare --map-user=UID --map-group=GID` puts it in one more user namespace
+    where the caller is UID, as enroot and Pyxis show it. Writing a map that names the parent's uid 0 needs
+    CAP_SETFCAP (Linux >= 5.12), the one capability that first process keeps; the command it then execs runs
+    as UID, a non-root uid, so it has none.
+    """
+
+    unshare: str   # util-linux unshare >= 2.38 (--map-user/--map-group)
+    loader: str    # the host's dynamic loader, path resolved; its directory holds unshare's libraries
+
+    @property
+    def lib_dir(self) -> str:
+        return os.path.dirname(self.loader)
 
 
 def _bind(m: Mount) -> dict:
@@ -151,13 +188,13 @@ def _bind(m: Mount) -> dict:
 
 
 def build_config(spec: RunSpec) -> dict:
-    """The OCI runtime config of one run: the invoking user, no capabilities, only a mount namespace.
+    """The OCI runtime config of one run: the invoking user, no capabilities, only a mount namespace
+    (`spec.rootless`: the config for a caller who is not root, see `_rootless_config`).
 
     The container shares the host's network, PID, IPC and UTS namespaces as HPC engines do (Sarus, enroot):
     ranks reach each other by the host's addresses and the scheduler sees every process.
     """
-    mounts = [
-        {"destination": "/proc", "type": "proc", "source": "proc"},
+    mounts = [  # after /proc: the root config mounts a proc, the rootless one binds the host's
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
@@ -167,6 +204,8 @@ def build_config(spec: RunSpec) -> dict:
         {"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]},
         *[_bind(m) for m in spec.mounts],
     ]
+    if spec.rootless is not None:
+        return _rootless_config(spec, mounts)
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -179,12 +218,61 @@ def build_config(spec: RunSpec) -> dict:
             "noNewPrivileges": True,
         },
         "root": {"path": str(spec.rootfs), "readonly": spec.readonly},
-        "mounts": mounts,
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}, *mounts],
         "hooks": spec.hooks,
         "annotations": spec.annotations,
         "linux": {
             "namespaces": [{"type": "mount"}],
             "resources": {"devices": [{"allow": False, "access": "rwm"}, *spec.device_rules]},
+            "maskedPaths": _MASKED,
+            "readonlyPaths": _READONLY,
+        },
+    }
+
+
+def _rootless_config(spec: RunSpec, mounts: list[dict]) -> dict:
+    """The config of a run whose runc is itself in the caller's user namespace (the caller is uid 0 there).
+
+    - a user namespace of the container's own mapping the caller (0 outside) to 0: runc needs a root inside;
+      the process then re-maps itself to the caller's uid/gid with the host's `unshare` (`RemapTool`), so
+      `id -u` shows the caller and their files show as theirs;
+    - `/proc` bound from the host: mounting a new proc needs a PID namespace of our own, and the container
+      shares the host's (as in the root config); `/sys` is bound read-only as there;
+    - no device cgroup rules: runc cannot manage cgroups without root (the container stays in the caller's
+      cgroup, a Slurm job's for a task); devices are bound, not created (runc's defaults, the GPU hook's);
+    - no capabilities for the command, `noNewPrivileges`.
+    """
+    tool = spec.rootless
+    assert tool is not None
+    loader = f"{REMAP_DIR}/lib/{os.path.basename(tool.loader)}"
+    remap = [loader, "--library-path", f"{REMAP_DIR}/lib", f"{REMAP_DIR}/unshare", "--user",
+             f"--map-user={spec.uid}", f"--map-group={spec.gid}", "--"]
+    helper = ["rbind", "ro", "nosuid", "nodev"]
+    setfcap = ["CAP_SETFCAP"]  # for unshare's map write only: the command it execs runs as a non-root uid
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": [*remap, *spec.args],
+            "env": [f"{k}={v}" for k, v in spec.env.items()],
+            "cwd": spec.cwd,
+            "capabilities": {**_NO_CAPS, "bounding": setfcap, "effective": setfcap, "permitted": setfcap},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(spec.rootfs), "readonly": spec.readonly},
+        "mounts": [
+            {"destination": "/proc", "type": "bind", "source": "/proc", "options": ["rbind", "nosuid", "noexec", "nodev"]},
+            *mounts,
+            {"destination": f"{REMAP_DIR}/lib", "type": "bind", "source": tool.lib_dir, "options": helper},
+            {"destination": f"{REMAP_DIR}/unshare", "type": "bind", "source": tool.unshare, "options": helper},
+        ],
+        "hooks": spec.hooks,
+        "annotations": spec.annotations,
+        "linux": {
+            "namespaces": [{"type": "mount"}, {"type": "user"}],
+            "uidMappings": [{"containerID": 0, "hostID": 0, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": 0, "size": 1}],
             "maskedPaths": _MASKED,
             "readonlyPaths": _READONLY,
         },

@@ -2,24 +2,28 @@
 
 Policy first, then the run: hooks the EDF enables must be offered by the vCluster; every mount source must
 lie under the vCluster's allowlist and outside the denied paths (munge, every vCluster's state); a registry
-image must first be imported into a SquashFS file. The engine runs as root (as slurmstepd does); the process
-in the container runs as the invoking user (`SLURM_JOB_UID` in a job, `SUDO_UID` under sudo, else our uid),
-with no capabilities and `noNewPrivileges`.
+image must first be imported into a SquashFS file. As root (as slurmstepd runs it), the engine runs runc
+rootful and the process in the container as the invoking user (`SLURM_JOB_UID` in a job, `SUDO_UID` under
+sudo, else our uid), with no capabilities and `noNewPrivileges`. As any other user it runs rootless, as
+enroot/Pyxis do: runc inside a user namespace of the caller's (`userns.py`), state (image cache, run dirs,
+runc's) in a directory of the caller's (`user_state`), the process as the caller, without capabilities.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from user_envs import bundle, hooks
+from user_envs import bundle, hooks, userns
 from user_envs.edf import Mount
 from user_envs.resolve import ResolvedEdf
 
@@ -103,6 +107,39 @@ def invoking_user(environ: Mapping[str, str]) -> tuple[int, int]:
     return os.getuid(), os.getgid()
 
 
+def user_dir(environ: Mapping[str, str]) -> Path:
+    """Where a rootless caller's engine state lives: `STRATA_USER_DIR`, else `/tmp/strata-<uid>` (node-local).
+
+    Not `$XDG_RUNTIME_DIR`: in a Slurm task it is the submitting shell's (a login node's path), and it is a
+    small RAM tmpfs removed at logout, a poor home for unpacked images. Created 0700; refused when it is not a
+    directory of the caller's or others may write to it (they could plant an image or a config).
+    """
+    uid = os.geteuid()
+    base = Path(environ.get("STRATA_USER_DIR") or f"/tmp/strata-{uid}")
+    fix = "remove it, or set STRATA_USER_DIR to a directory of yours (mode 0700)"
+    try:
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(base)
+    except OSError as e:
+        raise EngineError(f"cannot create {base} for your container state ({e.strerror}); {fix}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+        raise EngineError(f"{base} (your container state: image cache, run dirs) exists but is not a directory "
+                          f"owned by you (owner uid {st.st_uid}, you are uid {uid}); {fix}")
+    if st.st_mode & 0o022:
+        raise EngineError(f"{base} (your container state) is writable by others (mode {st.st_mode & 0o777:o}); "
+                          f"chmod 700 {base}")
+    return base
+
+
+def user_state(cfg: EngineConfig, environ: Mapping[str, str]) -> EngineConfig:
+    """The vCluster's engine settings with the image cache, run dirs and runc's state in the caller's dir."""
+    base = user_dir(environ)
+    dirs = {"cache": base / "images", "runs": base / "runs", "runc_root": base / "runc" / cfg.vcluster}
+    for d in dirs.values():
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return dataclasses.replace(cfg, **dirs)
+
+
 def container_env(env: ResolvedEdf, environ: Mapping[str, str], hook_names: list[str]) -> dict[str, str]:
     """The caller's environment, the EDF's `[env]` on top (`""` unsets), hook libraries on LD_LIBRARY_PATH."""
     out = dict(environ)
@@ -135,16 +172,19 @@ def run(env: ResolvedEdf, argv: list[str], cfg: EngineConfig, environ: Mapping[s
     check_policy(env, cfg, offered)
     if env.image == "":
         return _run_on_host(env, argv, environ)
-    if os.geteuid() != 0:
-        raise EngineError("containers need root here: the engine runs runc as root and the container process as "
-                          "you (rootless containers are not supported yet; see docs/user_envs.md, Limits); "
-                          "run as root, or use an EDF with image = \"\" to run on the host")
     if not env.image.startswith("/") and "#" not in env.image and Path(env.image).exists():
         raise EngineError(f"{env.chain[-1]}: image: {env.image!r} is a relative path; write it absolute")
     if not _is_local(env.image):
         raise EngineError(f"{env.chain[-1]}: image: {env.image!r} is a registry image and this engine pulls "
                           "nothing; import it into a SquashFS file (e.g. `enroot import` or mksquashfs of an "
                           "unpacked image) and set image = \"/path/to/image.sqsh\"")
+    rootless = None
+    if os.geteuid() != 0:  # rootless: runc in a user namespace of ours, state in a dir of ours
+        try:
+            rootless = userns.remap_tool()
+        except userns.UsernsError as e:
+            raise EngineError(str(e)) from None
+        cfg = user_state(cfg, environ)
     try:
         lower = bundle.unpacked_rootfs(Path(env.image), cfg.cache)
     except bundle.BundleError as e:
@@ -161,12 +201,16 @@ def run(env: ResolvedEdf, argv: list[str], cfg: EngineConfig, environ: Mapping[s
     run_id = f"{cfg.vcluster}-{uuid.uuid4().hex[:12]}"
     run_dir = cfg.runs / run_id
     gpu_devices = hooks.GPU_HOOK in names and any(Path(annotations[hooks.NODE_ROOT_ANNOTATION], "dev").glob("nvidia*"))
+    common = dict(args=tuple(argv), env=container_env(env, environ, [n for n in names if n != hooks.GPU_HOOK]),
+               cwd=env.workdir or "/", uid=uid, gid=gid, readonly=not env.writable, mounts=mounts,
+               hooks=oci_hooks, annotations=annotations)
+    if rootless:  # the overlay is mounted in the user namespace runc starts from, not here
+        config = bundle.build_config(bundle.RunSpec(rootfs=run_dir / "rootfs", rootless=rootless, **common))
+        return _runc_run_rootless(cfg, lower, run_dir, run_id, config)
     rootfs = bundle.overlay(lower, run_dir)
     try:
         spec = bundle.RunSpec(
-            rootfs=rootfs, args=tuple(argv), env=container_env(env, environ, [n for n in names if n != hooks.GPU_HOOK]),
-            cwd=env.workdir or "/", uid=uid, gid=gid, readonly=not env.writable, mounts=mounts,
-            hooks=oci_hooks, annotations=annotations,
+            rootfs=rootfs, **common,
             # the GPU hook binds /dev/nvidia*; the device cgroup must let the user open them (major 195)
             device_rules=({"allow": True, "type": "c", "major": 195, "access": "rwm"},) if gpu_devices else ())
         bundle.write_config(run_dir, bundle.build_config(spec))
@@ -193,14 +237,39 @@ def _runc_run(cfg: EngineConfig, run_dir: Path, run_id: str) -> int:
         raise EngineError("runc is not installed: apt-get install runc (make setup does)")
     cmd = ["runc", "--root", str(cfg.runc_root), "run", "--bundle", str(run_dir), run_id]
     proc = subprocess.Popen(cmd)
-    forward = lambda sig, _frame: proc.send_signal(sig)  # noqa: E731
+    return _wait_forwarding(proc.send_signal, proc.wait)
+
+
+def _wait_forwarding(send_signal, wait) -> int:
+    """Wait for runc, passing on the signals that reach us (Slurm's, Ctrl-C); its exit status, shell-style."""
+    forward = lambda sig, _frame: send_signal(sig)  # noqa: E731
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
     try:
-        rc = proc.wait()
+        rc = wait()
         return rc if rc >= 0 else 128 - rc  # runc itself killed: report it the way a shell would
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _runc_run_rootless(cfg: EngineConfig, lower: Path, run_dir: Path, run_id: str, config: dict) -> int:
+    """`runc run` from a user + mount namespace of the caller's, where the run's overlay is mounted
+    (`userns.spawn`); the mounts go with the namespace, so teardown is removing the empty run dir."""
+    if shutil.which("runc") is None:
+        raise EngineError("runc is not installed: apt-get install runc (make setup does)")
+    cmd = ["runc", "--root", str(cfg.runc_root), "run", "--bundle", str(run_dir), run_id]
+    run_dir.mkdir()
+    try:
+        pid = userns.spawn(lower, run_dir, config, cmd)
+        return _wait_forwarding(lambda sig: os.kill(pid, sig),
+                                lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    except userns.UsernsError as e:
+        raise EngineError(str(e)) from None
+    finally:
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
 
 
 def task_prolog(slurm_conf: Path | None, environ: dict[str, str]) -> dict[str, str]:

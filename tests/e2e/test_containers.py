@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +17,23 @@ from user_envs.images import GLIBC_DIR, build_image, trainer_edf, trainer_mounts
 pytestmark = pytest.mark.e2e
 
 HOOK_LIB = f"{GLIBC_DIR}/libz.so.1"  # stands for the network stack's libraries
+USER_1000 = ("unshare", "--user", "--map-user=1000", "--map-group=1000")
 
 
 class ContainerSite(SiteUnderTest):
-    def run(self, edf: str, *cmd: str, check: bool = True, **env) -> subprocess.CompletedProcess:
-        r = subprocess.run([sys.executable, "-m", "strata.cli", "run", "--vcluster", "alpha", "--site",
+    def run(self, edf: str, *cmd: str, check: bool = True, _prefix: tuple[str, ...] = (),
+            **env) -> subprocess.CompletedProcess:
+        r = subprocess.run([*_prefix, sys.executable, "-m", "strata.cli", "run", "--vcluster", "alpha", "--site",
                             str(self.file), f"--environment={edf}", "--", *cmd], capture_output=True, text=True,
                            env=self.env(EDF_PATH=str(self.edf_dir), **env), timeout=120)
         if check and r.returncode != 0:
             raise AssertionError(f"strata run {edf} {cmd} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
         return r
+
+    def run_as_user(self, edf: str, *cmd: str, check: bool = True, **env) -> subprocess.CompletedProcess:
+        """`strata run` as uid/gid 1000 without root: `unshare --user` maps this root to 1000 and leaves it no
+        capabilities on the host (a real user cannot start this venv's Python: it lives under /root, 0700)."""
+        return self.run(edf, *cmd, check=check, _prefix=USER_1000, **{"STRATA_USER_DIR": str(self.user_dir), **env})
 
     def cli(self, *args: str, site: bool = True, **env) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "strata.cli", *args, *(["--site", str(self.file)] if site else [])],
@@ -50,6 +58,7 @@ def cs(tmp_path_factory):
     s.write()
     s.edf_dir = tmp / "edf"
     s.edf_dir.mkdir()
+    s.user_dir = tmp / "user1000"  # STRATA_USER_DIR of the rootless runs
     (tmp / "scratch").mkdir()
     s.image = build_image("busybox", tmp / "busybox.sqsh")
     s.trainer_image = build_image("trainer-base", tmp / "trainer.sqsh")
@@ -202,3 +211,94 @@ def test_srun_trainer_tiny_on_two_nodes_in_containers(cs):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "step 3/3" in r.stdout + r.stderr and "weights agree across 2 ranks" in r.stdout + r.stderr
     assert any((runs / "tiny").iterdir())
+
+
+# ---- rootless: a caller who is not root ------------------------------------------------------------
+
+def require_userns():
+    r = subprocess.run([*USER_1000, "true"], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"`unshare --user` fails on this machine ({r.stderr.strip()}): cannot run as a user who is not root")
+
+
+def test_rootless_runs_as_the_caller_with_their_files_and_allowlisted_binds(cs):
+    require_userns()
+    data = cs.tmp / "scratch" / "rootless"
+    data.mkdir()
+    (data / "in.txt").write_text("mine\n")
+    cs.edf("rl", f'image = "{cs.image}"\nworkdir = "/data"\nmounts = ["{data}:/data"]\n[env]\nX = "y"\n')
+    r = cs.run_as_user("rl", "sh", "-c", "id -u; id -g; cat in.txt; stat -c %u in.txt; echo $X; "
+                                         "grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; "
+                                         "touch out; exit 3", check=False)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.split("\n") == ["1000", "1000", "mine", "1000", "y", "CapEff:\t0000000000000000",
+                                    "NoNewPrivs:\t1", ""]
+    assert (data / "out").exists()  # written through the bind, as the caller (host uid 0 behind the test's 1000)
+
+
+def test_rootless_writable_root_is_thrown_away_and_readonly_when_not_writable(cs):
+    require_userns()
+    cs.edf("rlrw", f'image = "{cs.image}"\n')
+    cs.edf("rlro", f'image = "{cs.image}"\nwritable = false\n')
+    assert cs.run_as_user("rlrw", "sh", "-c", "touch /made && echo made").stdout == "made\n"
+    assert cs.run_as_user("rlrw", "sh", "-c", "test -e /made && echo kept || echo gone").stdout == "gone\n"
+    r = cs.run_as_user("rlro", "touch", "/made", check=False)
+    assert r.returncode != 0 and "Read-only file system" in r.stderr
+
+
+@pytest.mark.parametrize("mount,why", [
+    ("/etc/munge:/m", "containers may never mount"),
+    ("{state}/vclusters/beta/munge:/m", "containers may never mount"),
+    ("/var:/v", "is outside the paths vCluster alpha allows"),
+])
+def test_rootless_policy_is_the_same(cs, mount, why):
+    require_userns()
+    cs.edf("rlbad", f'image = "{cs.image}"\nmounts = ["{mount.format(state=cs.root)}"]\n')
+    r = cs.run_as_user("rlbad", "true", check=False)
+    assert r.returncode == 2 and why in r.stderr and "rlbad.toml" in r.stderr, r.stderr
+
+
+def test_rootless_hooks_and_sqsh_mounts(cs):
+    require_userns()
+    cs.edf("rlnccl", f'image = "{cs.image}"\nmounts = ["{cs.trainer_image}:/opt/tools:sqsh"]\n'
+                     '[annotations]\ncom.hooks.aws_ofi_nccl.enabled = "true"\n')
+    # SLURMD_NODENAME: the GPU hook takes nid001's node root, whose dev/nvidia* it binds, as in a task there
+    r = cs.run_as_user("rlnccl", "sh", "-c", "ls /opt/strata/hooks/aws_ofi_nccl/lib; echo $LD_LIBRARY_PATH; "
+                                             "readlink /opt/tools/lib; ls /dev | grep -c nvidia", SLURMD_NODENAME="nid001")
+    assert r.stdout.split("\n")[:3] == ["libz.so.1", "/opt/strata/hooks/aws_ofi_nccl/lib", "usr/lib"], r.stderr
+    assert int(r.stdout.split("\n")[3]) >= 4
+    assert any((cs.user_dir / "images").glob("*/rootfs/usr/lib"))  # the sqsh mount unpacked in the user's cache
+
+
+def test_rootless_mounts_nothing_on_the_host_and_reuses_the_users_cache(cs):
+    require_userns()
+    cs.edf("rlcache", f'image = "{cs.image}"\n')
+    cs.run_as_user("rlcache", "true")
+    digest = hashlib.sha256(cs.image.read_bytes()).hexdigest()
+    rootfs = cs.user_dir / "images" / digest / "rootfs"
+    before = rootfs.stat().st_mtime_ns
+    r = cs.run_as_user("rlcache", "sh", "-c", "grep -c ' /dev/shm ' /proc/self/mountinfo")
+    assert r.stdout == "1\n"  # the container has its mounts...
+    assert rootfs.stat().st_mtime_ns == before  # ...from the user's cache, unpacked once
+    assert oct(cs.user_dir.stat().st_mode & 0o777) == "0o700"
+    assert not any((cs.user_dir / "runs").iterdir())  # run dirs removed
+    assert not any((cs.user_dir / "runc" / "alpha").iterdir())  # runc's state removed
+    mounted = Path("/proc/self/mountinfo").read_text()
+    assert str(cs.user_dir) not in mounted and str(cs.root) + "/container-engine/runs" not in mounted  # none here
+
+
+def test_rootless_state_defaults_to_tmp_per_uid_and_refuses_someone_elses(cs):
+    require_userns()
+    default = Path("/tmp/strata-1000")
+    if default.exists():
+        pytest.skip(f"{default} exists (a real user 1000's?): not touching it")
+    cs.edf("rldefault", f'image = "{cs.image}"\n')
+    try:
+        cs.run_as_user("rldefault", "true", STRATA_USER_DIR="")
+        assert (default / "images").is_dir() and default.stat().st_mode & 0o777 == 0o700
+        os.chown(default, 4242, 4242)  # now someone else's: refused, nothing run
+        r = cs.run_as_user("rldefault", "true", check=False, STRATA_USER_DIR="")
+        assert r.returncode == 2 and "/tmp/strata-1000 (your container state" in r.stderr, r.stderr
+        assert "not a directory owned by you" in r.stderr
+    finally:
+        shutil.rmtree(default, ignore_errors=True)
