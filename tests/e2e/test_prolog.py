@@ -92,21 +92,27 @@ def test_feature_the_node_lacks_is_refused_or_pending_with_slurms_reason(psite):
         psite.slurm("alpha", "scontrol", "update", "NodeName=nid[001-002]", "State=RESUME")
 
 
+def requeued_off_nid001(psite, idle: tuple[str, ...], *opts: str) -> tuple[str, dict]:
+    """Submit `hostname` once `idle` are idle (nid001 first: Slurm starts the job there), expect its prolog
+    to fail there and the job to be requeued and completed on another node; return (job, its info)."""
+    for n in idle:
+        wait_idle(psite, n)
+    out = psite.slurm("alpha", "sbatch", "--parsable", *opts, "-o", str(psite.tmp / "job-%j.out"), "--wrap", "hostname")
+    job = out.strip().split(";")[0]
+    info = psite.wait_job("alpha", job, ENDED, timeout=90)
+    assert info["JobState"] == "COMPLETED" and info["NodeList"] != "nid001", info
+    assert int(info["Restarts"]) >= 1
+    return job, info
+
+
 def test_held_gpu_memory_drains_node_with_our_reason_and_job_runs_elsewhere(psite):
     gpus_file = node_root(psite, "nid001") / "run/strata/gpus.json"
     gpus = json.loads(gpus_file.read_text())
     gpus[2]["memory_used_mib"] = int(gpus[2]["memory_total_mib"] * 0.29)  # 71% free
     gpus_file.write_text(json.dumps(gpus))
     try:
-        # nid001 is the first idle node, so Slurm starts the job there first; nid002 is the healthy one left
-        for n in ("nid001", "nid002"):
-            wait_idle(psite, n)
-        out = psite.slurm("alpha", "sbatch", "--parsable", "-x", "nid003", "-o", str(psite.tmp / "job-%j.out"),
-                          "--wrap", "hostname")
-        job = out.strip().split(";")[0]
-        info = psite.wait_job("alpha", job, ENDED, timeout=90)
-        assert info["JobState"] == "COMPLETED" and info["NodeList"] != "nid001", info
-        assert int(info["Restarts"]) >= 1
+        # nid002 is the healthy one left
+        requeued_off_nid001(psite, ("nid001", "nid002"), "-x", "nid003")
         st = psite.node_state("alpha", "nid001")
         assert st.drain and st.reason == "strata: prolog gpu-memory: GPU2 71% free"
         listing = psite.strata("nodes").stdout
@@ -171,14 +177,7 @@ def test_vetnode_drains_a_slow_node_naming_the_check_and_the_job_runs_elsewhere(
     perf = node_root(psite, "nid001") / "run/strata/perf.json"
     perf.write_text(json.dumps({"matmul": 1e-6}))  # emulated: nid001 multiplies a million times slower
     try:
-        for n in ("nid001", "nid002", "nid003"):  # nid001 is the first idle node: Slurm starts the job there first
-            wait_idle(psite, n)
-        out = psite.slurm("alpha", "sbatch", "--parsable", "-C", "vetnode", "-o", str(psite.tmp / "job-%j.out"),
-                          "--wrap", "hostname")
-        job = out.strip().split(";")[0]
-        info = psite.wait_job("alpha", job, ENDED, timeout=90)
-        assert info["JobState"] == "COMPLETED" and info["NodeList"] != "nid001", info
-        assert int(info["Restarts"]) >= 1
+        job, info = requeued_off_nid001(psite, ("nid001", "nid002", "nid003"), "-C", "vetnode")
         st = psite.node_state("alpha", "nid001")
         assert st.drain and st.reason.startswith("strata: prolog vetnode: matmul: "), st.reason
         assert "TFLOP/s < 0.001 (cpu)" in st.reason
