@@ -9,21 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from iac.drivers.local import reboot
 from iac.site import load_site
 from services.prolog import caches, gpus, jobcache, tuning
 from services.prolog.wrapper import WrapperInputs, render_wrapper
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def root(tmp_path) -> Path:
-    site = load_site(REPO / "sites/local.yaml")
-    r = tmp_path / "nid001" / "root"
-    r.parent.mkdir()
-    reboot(site.nodes["nid001"], r, "clariden", "img")
-    return r
 
 
 # ---- cache flush ----

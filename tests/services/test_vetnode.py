@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from iac.drivers.local import reboot
-from iac.site import load_site
 from services.prolog import runner, tuning
 from services.vetting import checks
 from services.vetting.profile import load_profile
@@ -18,15 +16,6 @@ from services.vetting.vet import node_local
 
 REPO = Path(__file__).resolve().parents[2]
 PART = REPO / "services/prolog/parts/prolog.d/50-vetnode.py"
-
-
-@pytest.fixture
-def root(tmp_path) -> Path:
-    site = load_site(REPO / "sites/local.yaml")
-    r = tmp_path / "nid001" / "root"
-    r.parent.mkdir()
-    reboot(site.nodes["nid001"], r, "clariden", "img")
-    return r
 
 
 def ctx(root: Path, constraints: str) -> runner.Context:
