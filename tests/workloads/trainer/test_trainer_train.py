@@ -1,8 +1,10 @@
-"""The training loop end to end on CPU: learning, exact resume after a kill, preemption, 2-rank DDP."""
+"""The training loop end to end on CPU: learning, exact resume after a kill, preemption, 2-rank DDP and FSDP2."""
 
+import itertools
 import signal
 import subprocess
 import sys
+import zlib
 
 from trainer_helpers import REPO, losses, run_trainer, small_run, start_trainer, trainer_env, wait_for
 
@@ -59,14 +61,23 @@ def test_sigusr1_checkpoints_exits_zero_and_rerun_resumes(tmp_path, sample_prefi
     assert [s for s, _ in losses(tmp_path)] == list(range(1, stopped + 3))
 
 
+_LAUNCHES = itertools.count()
+
+
+def start_two_ranks(run_dir, args: list[str]) -> list[subprocess.Popen]:
+    """Both ranks of a 2-process gloo run on this host, rendezvous as torchrun would set it up."""
+    # distinct per run dir and launch: parallel sessions, and a relaunch after a kill, do not collide
+    port = 29500 + (zlib.crc32(str(run_dir).encode()) + 7 * next(_LAUNCHES)) % 2000
+    return [subprocess.Popen([sys.executable, "-m", "workloads.trainer.train", "--config", "tiny", *args], cwd=REPO,
+                             env=trainer_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+
+
 def test_two_rank_gloo_ddp_learns_and_ranks_agree(tmp_path, sample_prefix):
     args = small_run(tmp_path, sample_prefix, **{"training.max_steps": 8, "checkpoint.interval": 4,
                                                  "training.grad_accum_steps": 2})
-    port = 29500 + tmp_path.stat().st_ino % 1000  # distinct per run: parallel sessions do not collide
-    procs = [subprocess.Popen([sys.executable, "-m", "workloads.trainer.train", "--config", "tiny", *args], cwd=REPO,
-                              env=trainer_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    procs = start_two_ranks(tmp_path, args)
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "weights agree across 2 ranks" in outs[0]
@@ -74,6 +85,34 @@ def test_two_rank_gloo_ddp_learns_and_ranks_agree(tmp_path, sample_prefix):
     assert curve[-1] < curve[0] - 1.0, curve
     # two ranks × 2 micro-batches × 4 samples: every step consumed 16 distinct samples
     assert CheckpointManager.read(tmp_path / "checkpoints" / "step_00000008")["train"]["consumed_samples"] == 128
+
+
+def test_two_rank_fsdp2_learns_and_resumes_exactly_after_a_kill(tmp_path, sample_prefix):
+    """FSDP2 (fully_shard per block) over gloo: the sharded state is gathered into the checkpoint and scattered
+    back on resume; 8 steps in one run equal 4 steps, SIGKILL of both ranks, and 4 resumed steps."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    opts = {"training.max_steps": 8, "checkpoint.interval": 4, "parallel.data_parallel": "fsdp"}
+    ref = start_two_ranks(one, small_run(one, sample_prefix, **opts))
+    outs = [p.communicate(timeout=240)[0] for p in ref]
+    assert [p.returncode for p in ref] == [0, 0], outs
+    curve = [loss for _, loss in losses(one)]
+    assert curve[-1] < curve[0] - 1.0, curve
+
+    killed = start_two_ranks(two, small_run(two, sample_prefix, **opts))
+    latest = two / "checkpoints" / "latest"
+    committed = wait_for(lambda: latest.exists() and latest.read_text() == "step_00000004", timeout=120)
+    for p in killed:
+        p.kill()
+        p.communicate()
+    assert committed
+    resumed = start_two_ranks(two, small_run(two, sample_prefix, **opts))
+    outs = [p.communicate(timeout=240)[0] for p in resumed]
+    assert [p.returncode for p in resumed] == [0, 0], outs
+    assert "resumed from" in outs[0] and "at step 4" in outs[0]
+    assert losses(two)[-4:] == losses(one)[-4:] and [s for s, _ in losses(two)][-4:] == [5, 6, 7, 8]
+    final_one = CheckpointManager.read(one / "checkpoints" / "step_00000008")["model"]
+    final_two = CheckpointManager.read(two / "checkpoints" / "step_00000008")["model"]
+    assert all(final_one[k].equal(final_two[k]) for k in final_one)
 
 
 def test_checkpoint_of_another_shape_fails_and_overwrites_nothing(tmp_path, sample_prefix, capsys):
