@@ -25,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from iac.layout import Layout  # noqa: E402
+from services.layout import Layout  # noqa: E402
 from iac.plan import make_plan  # noqa: E402
 from iac.site import Site, load_site, parse_site  # noqa: E402
 from iac.slurm_inputs import slurm_cluster  # noqa: E402

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from iac import nodes_cli
 from iac.cli_common import DEFAULT_SITE, console, err, handle_errors, ops_for, site_option  # noqa: F401 (re-exported)
-from iac.layout import Layout, state_root
+from services.layout import Layout, state_root
 from iac.site import load_site
 
 def _report(outcomes) -> None:

@@ -7,7 +7,7 @@ from functools import wraps
 import typer
 from rich.console import Console
 
-from iac.layout import state_root
+from services.layout import state_root
 from iac.site import SiteError, load_site
 
 console = Console()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from iac.drivers import local
 from iac.journal import Journal
-from iac.layout import Layout
+from services.layout import Layout
 from iac.plan import Move, Plan
 from iac.plane import Plane, configure_nodes, stop_slurmd
 from iac.site import Site, collect_nodes

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from iac.drivers import local
 from iac.journal import Journal
-from iac.layout import Layout
+from services.layout import Layout
 from iac.moves import MOVING, MoveRunner, Outcome
 from iac.plan import Plan, make_plan
 from iac.plane import Plane, configure_nodes, running_slurmd, stop_slurmd

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from iac.layout import Layout
+from services.layout import Layout
 from iac.site import Site
 from iac.slurm_inputs import prolog_wrappers, slurm_cluster
 from services.ansible.runner import run_playbook

@@ -19,7 +19,7 @@ from typing import Optional
 import pulumi
 from pulumi import dynamic
 
-from iac.layout import Layout
+from services.layout import Layout
 from iac.pulumi_config import StackConfig
 from iac.pulumi_provider import FREE, NodeMembershipProvider
 from iac.site import Site, SiteError, load_site

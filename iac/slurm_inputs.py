@@ -6,7 +6,7 @@ import socket
 import sys
 from pathlib import Path
 
-from iac.layout import Layout
+from services.layout import Layout
 from iac.site import Site, expand_nodes
 from services.prolog.tuning import THP_FEATURES, VBOOST_FEATURES, VETNODE_FEATURE
 from services.prolog.wrapper import WRAPPERS, WrapperInputs, render_wrapper

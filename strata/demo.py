@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from iac.layout import Layout, state_root
+from services.layout import Layout, state_root
 from iac.site import load_site
 
 REPO = Path(__file__).resolve().parent.parent

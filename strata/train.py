@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from iac.cli import DEFAULT_SITE, handle_errors
-from iac.layout import Layout, state_root
+from services.layout import Layout, state_root
 from iac.site import load_site
 
 REPO = Path(__file__).resolve().parent.parent

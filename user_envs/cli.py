@@ -15,7 +15,7 @@ import typer
 
 from rich.console import Console
 
-from iac.layout import Layout, state_root
+from services.layout import Layout, state_root
 from iac.site import SiteError, load_site
 
 HOW_TO_REACH = {

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from iac.layout import Layout
+from services.layout import Layout
 from iac.site import Site, load_site
 from services.slurm.files import write_atomic
 from user_envs.engine import ALWAYS_DENIED, EngineConfig

@@ -120,7 +120,7 @@ def test_prolog_wrapper_on_a_real_node_uses_slash_as_root():
 
 
 def test_slurm_conf_names_the_wrappers_the_plane_writes(tmp_path):
-    from iac.layout import Layout
+    from services.layout import Layout
     from iac.slurm_inputs import prolog_wrappers, slurm_cluster
 
     site = load_site(REPO / "sites/local.yaml")

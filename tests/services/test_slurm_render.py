@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from iac.layout import Layout
+from services.layout import Layout
 from iac.site import load_site
 from iac.slurm_inputs import slurm_cluster
 from services.slurm.render import conf_members, render_gres_conf, render_slurm_conf

@@ -1,5 +1,9 @@
 """Where a site keeps its state, and which ports its daemons use.
 
+The on-disk layout of a site's services (daemons' files, node roots, engine state), shared by every layer
+that finds them: iac (moves, the plane), services (prolog wrappers), user_envs (engine config). It depends
+on the site model only, so it lives below all of them.
+
 State lives under `$STRATA_STATE/<site>/` (default `/var/lib/strata`):
 `vclusters/<name>/{etc,munge,ctld,log}`, `nodes/<nid>/{root,spool,log}`, `journal.jsonl`, `ansible/`.
 Ports are fixed per site: a node keeps its slurmd port when it moves, so a move never renumbers.
