@@ -131,7 +131,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: tor
                       tokenizer: str | Path | None = None) -> Path:
     """Read one of our checkpoints and write it as a Hugging Face Apertus model."""
     step_dir = resolve_checkpoint(checkpoint)
-    state = CheckpointManager.read(step_dir)
+    state = CheckpointManager.read(step_dir, optimizer=False)  # sharded: reads the weights only
     seq_len = state["config"]["training"]["seq_len"]
     args = ModelArgs(**state["model_shape"], max_seq_len=seq_len)
     return write_hf_checkpoint(state["model"], args, out_dir, dtype=dtype, tokenizer=tokenizer)

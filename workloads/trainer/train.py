@@ -127,7 +127,9 @@ class Trainer:
         self.step, self.consumed = 0, 0
         latest = self.ckpt.latest_path() if ck.resume else None
         if latest is not None:
-            resumed = load_train_state(CheckpointManager.read(latest), self.model, self.optimizer,
+            # FSDP2 reads a sharded checkpoint shard by shard (each rank only its own), anything else whole.
+            state = CheckpointManager.read(latest, shards=not self.fsdp)
+            resumed = load_train_state(state, self.model, self.optimizer,
                                        model_shape=self.model_shape, path=latest)
             self.step, self.consumed = resumed["step"], resumed["consumed_samples"]
             self.ckpt.reset_schedule(self.step)

@@ -1,12 +1,8 @@
 """The training loop end to end on CPU: learning, exact resume after a kill, preemption, 2-rank DDP and FSDP2."""
 
-import itertools
 import signal
-import subprocess
-import sys
-import zlib
 
-from trainer_helpers import REPO, losses, run_trainer, small_run, start_trainer, trainer_env, wait_for
+from trainer_helpers import losses, run_trainer, small_run, start_trainer, start_two_ranks, wait_for
 
 from workloads.trainer.components.checkpoint import CheckpointManager
 from workloads.trainer.train import main
@@ -61,19 +57,6 @@ def test_sigusr1_checkpoints_exits_zero_and_rerun_resumes(tmp_path, sample_prefi
     assert [s for s, _ in losses(tmp_path)] == list(range(1, stopped + 3))
 
 
-_LAUNCHES = itertools.count()
-
-
-def start_two_ranks(run_dir, args: list[str]) -> list[subprocess.Popen]:
-    """Both ranks of a 2-process gloo run on this host, rendezvous as torchrun would set it up."""
-    # distinct per run dir and launch: parallel sessions, and a relaunch after a kill, do not collide
-    port = 29500 + (zlib.crc32(str(run_dir).encode()) + 7 * next(_LAUNCHES)) % 2000
-    return [subprocess.Popen([sys.executable, "-m", "workloads.trainer.train", "--config", "tiny", *args], cwd=REPO,
-                             env=trainer_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
-
-
 def test_two_rank_gloo_ddp_learns_and_ranks_agree(tmp_path, sample_prefix):
     args = small_run(tmp_path, sample_prefix, **{"training.max_steps": 8, "checkpoint.interval": 4,
                                                  "training.grad_accum_steps": 2})
@@ -88,8 +71,8 @@ def test_two_rank_gloo_ddp_learns_and_ranks_agree(tmp_path, sample_prefix):
 
 
 def test_two_rank_fsdp2_learns_and_resumes_exactly_after_a_kill(tmp_path, sample_prefix):
-    """FSDP2 (fully_shard per block) over gloo: the sharded state is gathered into the checkpoint and scattered
-    back on resume; 8 steps in one run equal 4 steps, SIGKILL of both ranks, and 4 resumed steps."""
+    """FSDP2 (fully_shard per block) over gloo: each rank writes and reads back its own shards (DCP);
+    8 steps in one run equal 4 steps, SIGKILL of both ranks, and 4 resumed steps."""
     one, two = tmp_path / "one", tmp_path / "two"
     opts = {"training.max_steps": 8, "checkpoint.interval": 4, "parallel.data_parallel": "fsdp"}
     ref = start_two_ranks(one, small_run(one, sample_prefix, **opts))

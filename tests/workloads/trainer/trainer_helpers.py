@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -56,3 +58,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.005) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+_LAUNCHES = itertools.count()
+
+
+def start_two_ranks(run_dir: Path, args: list[str]) -> list[subprocess.Popen]:
+    """Both ranks of a 2-process gloo run on this host, rendezvous as torchrun would set it up."""
+    # distinct per run dir and launch: parallel sessions, and a relaunch after a kill, do not collide
+    port = 29500 + (zlib.crc32(str(run_dir).encode()) + 7 * next(_LAUNCHES)) % 2000
+    return [subprocess.Popen([sys.executable, "-m", "workloads.trainer.train", "--config", "tiny", *args], cwd=REPO,
+                             env=trainer_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]

@@ -9,7 +9,11 @@ Asynchronous mode runs both in a background thread. Weights and optimizer state 
 `optimizer.step()`, so the copy may overlap the next forward and backward: a pre-step hook on the
 optimizer (`attach`) waits for the copy to finish before the weights move. Training therefore stalls
 only if the copy takes longer than a forward+backward, or if a save is due before the previous write
-finished. Rank 0 writes everything (see train_state.py for what is gathered to it).
+finished. Single process and DDP: rank 0 writes everything (see train_state.py for what is gathered to
+it). FSDP2 (the state holds DTensors): every rank snapshots and writes only its own shards of the model and
+optimizer tensors with torch.distributed.checkpoint (sharded.py), rank 0 adds the rest (RNG states of
+every rank, position, config: `state.json` + a small `tensors.safetensors`) and commits once DCP's save
+returned, i.e. once every rank's shards and DCP's `.metadata` are durable.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import pickle
 import shutil
 import threading
 import time
@@ -27,6 +32,16 @@ from typing import Any
 
 import torch
 
+from .sharded import (
+    METADATA_FILE,
+    ShardRef,
+    checkpoint_group,
+    cpu_copy,
+    is_dtensor,
+    read_shards,
+    shard_index,
+    write_shards,
+)
 from .state_io import (
     flatten_state,
     fsync_dir,
@@ -43,6 +58,8 @@ logger = logging.getLogger(__name__)
 LATEST = "latest"
 TMP_PREFIX = ".tmp-"
 TENSORS_FILE, STATE_FILE = "tensors.safetensors", "state.json"
+SHARDS_KEY = "__shards__"  # in a sharded checkpoint's state.json: how its model/optimizer tensors are stored
+_SHARDED_PREFIXES = ("/model/", "/optimizer/")  # flatten_state keys of the tensors DCP writes
 
 
 def step_dir_name(step: int) -> str:
@@ -63,6 +80,7 @@ class _Snapshot:
     step: int
     skeleton: Any
     tensors: dict[str, torch.Tensor]  # live tensors until copied, then the CPU buffers
+    shards: dict[str, torch.Tensor] | None = None  # FSDP2: this rank's model/optimizer tensors (DTensors)
     copied: threading.Event = field(default_factory=threading.Event)
     cost_s: float = 0.0  # training time lost to this checkpoint so far
 
@@ -148,15 +166,24 @@ class CheckpointManager:
 
         Asynchronous (and not `block`): returns at once; the copy and the write run in a background thread
         and the attached optimizer waits for the copy. Otherwise copies and writes before returning.
-        Only rank 0 writes; other ranks return at once.
+        Single process / DDP: only rank 0 writes; other ranks return at once. Sharded (FSDP2: the model
+        state holds DTensors): collective, every rank calls it and writes its own shards.
         """
         t0 = time.perf_counter()
         if step_time_s:
             self._step_time_s = step_time_s
         self.wait()  # the previous write still reads the snapshot buffers
-        if self.rank == 0 and self.last_saved_step != step:
+        sharded = any(is_dtensor(t) for t in state["model"].values())
+        if (self.rank == 0 or sharded) and self.last_saved_step != step:
             skeleton, tensors = flatten_state(state)
             snapshot = _Snapshot(step, skeleton, tensors)
+            if sharded:
+                checkpoint_group()  # collective: created here on the main thread, used by the writer thread
+                snapshot.shards = {k: t for k, t in tensors.items() if k.startswith(_SHARDED_PREFIXES)}
+                snapshot.tensors = {k: t for k, t in tensors.items()
+                                    if self.rank == 0 and not k.startswith(_SHARDED_PREFIXES)}
+                snapshot.skeleton = {**skeleton, SHARDS_KEY: {"format": "torch.distributed.checkpoint",
+                                                              "world_size": torch.distributed.get_world_size()}}
             if self.asynchronous and not block:
                 self._pending = snapshot
                 self._thread = threading.Thread(target=self._copy_and_write, args=(snapshot,),
@@ -186,7 +213,8 @@ class CheckpointManager:
 
     def _copy(self, snapshot: _Snapshot) -> None:
         """Copy the live tensors into reusable CPU buffers; on CUDA, wait for the device-to-host copies."""
-        device = next((t.device for t in snapshot.tensors.values() if t.is_cuda), None)
+        live = [*snapshot.tensors.values(), *(snapshot.shards or {}).values()]
+        device = next((t.device for t in live if t.is_cuda), None)
         # A new thread starts on cuda:0; copies and the event must use this rank's device and stream.
         with torch.cuda.device(device) if device is not None else contextlib.nullcontext():
             copies: dict[str, torch.Tensor] = {}
@@ -198,6 +226,11 @@ class CheckpointManager:
                     self._buffers[key] = buf
                 buf.copy_(t, non_blocking=t.is_cuda)  # releases the GIL: the training thread keeps running
                 copies[key] = buf
+            if snapshot.shards is not None:  # DTensors: copy the local shard, keep mesh and placements
+                shard_copies: dict[str, torch.Tensor] = {}
+                for key, t in snapshot.shards.items():
+                    shard_copies[key], self._buffers[key] = cpu_copy(t, self._buffers.get(key))
+                snapshot.shards = shard_copies
             done = None
             if device is not None:
                 done = torch.cuda.Event()
@@ -221,8 +254,15 @@ class CheckpointManager:
     def _write(self, snapshot: _Snapshot) -> None:
         name = step_dir_name(snapshot.step)
         tmp, final = self.dir / f"{TMP_PREFIX}{name}", self.dir / name
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        if snapshot.shards is not None:
+            # Collective. No rank writes a byte before DCP's planning round has passed rank 0, i.e. after
+            # the clean-up above; it returns once every rank's shards and .metadata are durable.
+            write_shards(tmp, snapshot.shards)
+            if self.rank != 0:
+                return
         write_tensors(tmp / TENSORS_FILE, snapshot.tensors)
         write_json(tmp / STATE_FILE, snapshot.skeleton)
         fsync_dir(tmp)
@@ -252,12 +292,25 @@ class CheckpointManager:
         return path
 
     @staticmethod
-    def read(path: Path) -> dict:
-        """Read a complete checkpoint directory into a state tree (tensors on CPU)."""
+    def read(path: Path, *, shards: bool = True, optimizer: bool = True) -> dict:
+        """Read a complete checkpoint directory into a state tree (tensors on CPU).
+
+        A sharded (FSDP2) checkpoint is read whole in this process, whatever world size wrote it, unless
+        `shards=False`: then its model/optimizer tensors are `ShardRef`s (key, global shape, dtype) for
+        `load_train_state` to load shard by shard. `optimizer=False` leaves a sharded checkpoint's optimizer
+        tensors as ShardRefs (export needs the weights only).
+        """
         try:
             skeleton = json.loads((path / STATE_FILE).read_text())
             tensors = read_tensors(path / TENSORS_FILE)
-        except (OSError, ValueError) as e:
+            layout = skeleton.pop(SHARDS_KEY, None) if isinstance(skeleton, dict) else None
+            if layout is not None:
+                if not (path / METADATA_FILE).is_file():
+                    raise OSError(f"{path / METADATA_FILE} is missing")
+                refs = {k: ShardRef(k, *v) for k, v in shard_index(path).items()}
+                wanted = {k for k in refs if shards and (optimizer or k.startswith("/model/"))}
+                tensors.update({**refs, **(read_shards(path, keys=wanted) if wanted else {})})
+        except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
             raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
         return unflatten_state(skeleton, tensors)
 
