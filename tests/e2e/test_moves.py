@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,7 +168,10 @@ def test_missing_slurm_install_is_reported_clearly(tmp_path):
     require_slurm()
     s = SiteUnderTest(tmp_path)
     venv_bin = os.path.dirname(sys.executable)
-    r = s.strata("up", check=False, PATH=f"{venv_bin}:/bin")  # no /usr/sbin, /usr/bin: no Slurm
+    try:
+        r = s.strata("up", check=False, PATH=f"{venv_bin}:/bin")  # no /usr/sbin, /usr/bin: no Slurm
+    finally:
+        shutil.rmtree(s.state, ignore_errors=True)
     assert r.returncode == 1
     assert "Slurm/munge not installed" in r.stderr and "make setup" in r.stderr
     assert "Traceback" not in r.stderr
