@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from trainer_helpers import train_batch as step
 
 from workloads.trainer.components import checkpoint as ckpt_mod
 from workloads.trainer.components.checkpoint import CheckpointManager
@@ -23,13 +24,6 @@ def make_trained(seed: int = 0):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     step(model, opt)
     return model, opt
-
-
-def step(model, opt):
-    x = torch.randint(0, 64, (2, 16))
-    torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
-    opt.step()
-    opt.zero_grad()
 
 
 def state_of(model, opt, step_no=1):

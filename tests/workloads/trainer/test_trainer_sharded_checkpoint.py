@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import transformers
 from trainer_helpers import losses, run_trainer, small_run, start_two_ranks
+from trainer_helpers import train_batch as step
 
 from workloads.trainer.components import checkpoint as ckpt_mod
 from workloads.trainer.components.checkpoint import CheckpointManager
@@ -102,13 +103,6 @@ def fsdp_trained(seed: int):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     step(model, opt)
     return model, opt
-
-
-def step(model, opt):
-    x = torch.randint(0, 64, (2, 16))
-    torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
-    opt.step()
-    opt.zero_grad()
 
 
 def full_params(model) -> dict[str, torch.Tensor]:

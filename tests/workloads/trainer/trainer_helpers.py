@@ -71,3 +71,13 @@ def start_two_ranks(run_dir: Path, args: list[str]) -> list[subprocess.Popen]:
                              env=trainer_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+
+
+def train_batch(model, opt) -> None:
+    """One optimizer step of a small model (vocab 64) on a random batch of 2 × 16 tokens."""
+    import torch
+
+    x = torch.randint(0, 64, (2, 16))
+    torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+    opt.step()
+    opt.zero_grad()
