@@ -41,6 +41,21 @@ def summarize(metrics: Path) -> str:
             f"{last.get('tokens_per_s', 0):,.0f} tokens/s")
 
 
+def container_path(mounts, host: Path) -> str | None:
+    """Where `host` appears inside a container with these EDF mounts (the deepest writable mount holding
+    it); None when no writable mount does."""
+    best = None
+    for m in mounts:
+        src = Path(m.src).resolve()
+        if (host == src or src in host.parents) and not m.readonly:
+            if best is None or len(src.parts) > len(Path(best[0]).parts):
+                best = (str(src), m.dst)
+    if best is None:
+        return None
+    rel = host.relative_to(best[0])
+    return str(Path(best[1]) / rel) if rel.parts else best[1]
+
+
 def register(app: typer.Typer) -> None:
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     @handle_errors
@@ -53,6 +68,8 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Option(None, help="Checkpoints + metrics; default: <state dir>/runs/<name>."),
         constraint: str = typer.Option(None, "-C", "--constraint", help="Slurm features, e.g. 'thp_never'."),
         partition: str = typer.Option(None, "-p", "--partition"),
+        environment: str = typer.Option(None, "--environment", help="EDF to run the trainer's tasks in (as "
+                                        "`srun --environment`); --run-dir must lie in one of its writable mounts."),
         wait: bool = typer.Option(False, help="Wait for the job to end and print its loss."),
         site: str = typer.Option(DEFAULT_SITE, "--site", envvar="STRATA_SITE"),
     ):
@@ -66,11 +83,28 @@ def register(app: typer.Typer) -> None:
         layout = Layout.of(s, state_root())
         name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", Path(config).stem)
         run_dir = (run_dir or layout.root / "runs" / name).resolve()
+        python, task_run_dir = sys.executable, str(run_dir)
+        if environment:  # the tasks run in the EDF's container: its python, the run dir as mounted there
+            from user_envs.edf import EdfError
+            from user_envs.resolve import resolve
+
+            try:
+                edf = resolve(environment)
+            except EdfError as e:
+                err.print(f"error: {e}", highlight=False)
+                raise typer.Exit(2)
+            task_run_dir = container_path(edf.mounts, run_dir)
+            if task_run_dir is None:
+                mounts = ", ".join(f"{m.src}:{m.dst}" for m in edf.mounts) or "none"
+                err.print(f"error: run dir {run_dir} is not in a writable mount of EDF {environment!r} "
+                          f"(mounts: {mounts}); pass --run-dir under one of them", highlight=False)
+                raise typer.Exit(2)
+            python = "python"  # found on the container's PATH (the EDF's [env])
         run_dir.mkdir(parents=True, exist_ok=True)
         script = render_sbatch(
             job_name=name, nodes=nodes, ntasks_per_node=1, config=config, workdir=REPO,
-            overrides=list(ctx.args), python=sys.executable, run_dir=str(run_dir), constraint=constraint,
-            partition=partition, output=str(run_dir / "slurm-%j.out"),
+            overrides=list(ctx.args), python=python, run_dir=task_run_dir, constraint=constraint,
+            environment=environment, partition=partition, output=str(run_dir / "slurm-%j.out"),
             # emulated nodes are named nid00x but all listen on this host
             master_addr="127.0.0.1" if s.spec.driver == "local" else None,
         )

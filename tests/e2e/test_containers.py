@@ -217,6 +217,25 @@ def test_srun_trainer_tiny_on_two_nodes_in_containers(cs):
     assert any((runs / "tiny").iterdir())
 
 
+def test_strata_train_with_an_environment_trains_in_containers_on_two_nodes(cs):
+    """The researcher's path: `strata train --environment` renders #SBATCH --environment, the tasks run
+    the container's python with the run dir as mounted there; metrics land in the host run dir."""
+    runs = cs.tmp / "scratch" / "runs"
+    runs.mkdir(exist_ok=True)
+    cs.edf("trainer", trainer_edf(cs.trainer_image, runs))
+    r = cs.cli("train", "--vcluster", "alpha", "--nodes", "2", "--environment", "trainer",
+               "--run-dir", str(runs / "edf-tiny"), "--wait", "--training.max_steps=3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "COMPLETED" in r.stdout and "steps 1..3: loss" in r.stdout, r.stdout
+    script = (runs / "edf-tiny" / "job.sbatch").read_text()
+    assert "#SBATCH --environment=trainer" in script and "--job.run_dir=/runs/edf-tiny" in script
+    assert "weights agree across 2 ranks" in next((runs / "edf-tiny").glob("slurm-*.out")).read_text()
+    # a run dir the container cannot write is refused before anything is submitted
+    bad = cs.cli("train", "--vcluster", "alpha", "--environment", "trainer", "--run-dir", str(cs.tmp / "elsewhere"))
+    assert bad.returncode == 2 and "is not in a writable mount of EDF 'trainer'" in bad.stderr, bad.stderr
+    assert not (cs.tmp / "elsewhere").exists()
+
+
 # ---- rootless: a caller who is not root ------------------------------------------------------------
 
 def require_userns():
