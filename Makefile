@@ -7,9 +7,10 @@ APT_PKGS := slurmctld slurmd slurm-client munge libslurm-dev runc busybox-static
 .PHONY: setup apt demo test test-fast bench
 setup: apt $(VENV)/.installed
 
+# installs the Debian packages when any of what they provide is missing (the SPANK header: libslurm-dev)
 apt:
-	@for exe in slurmctld slurmd scontrol munged mungekey runc; do \
-	  command -v $$exe >/dev/null || { echo "installing Debian packages: $(APT_PKGS)"; \
+	@for exe in slurmctld slurmd scontrol munged mungekey runc gcc mksquashfs unsquashfs busybox /usr/include/slurm/spank.h; do \
+	  { command -v $$exe || test -e $$exe; } >/dev/null || { echo "installing Debian packages: $(APT_PKGS)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; break; }; \
 	done
 
