@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
 from rich.table import Table
 
 from iac import nodes_cli
-from iac.cli_common import DEFAULT_SITE, console, err, handle_errors, ops_for, site_option  # noqa: F401 (re-exported)
+from iac.cli_common import console, err, handle_errors, ops_for, site_option
 from services.layout import Layout, state_root
 from iac.site import load_site
 

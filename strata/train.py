@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from iac.cli import DEFAULT_SITE, handle_errors
+from iac.cli_common import DEFAULT_SITE, handle_errors
 from services.layout import Layout, state_root
 from iac.site import load_site
 
