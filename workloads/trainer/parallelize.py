@@ -14,6 +14,7 @@ import os
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -117,10 +118,27 @@ def init_distributed(device: str = "auto", backend: str = "auto", num_threads: i
     return DistContext(denv, dev, chosen)
 
 
-def destroy_distributed() -> None:
-    """Leave the process group, if any."""
-    if dist.is_initialized():
+def destroy_distributed(timeout_s: float = 60.0) -> None:
+    """Leave the process group, if any, one side at a time.
+
+    When every rank tears gloo down at once, a rank now and then aborts in it ("terminate called without an
+    active exception", ~1 in 20 two-rank runs here), which fails the whole srun step. So the other ranks
+    destroy their group first and say so through the rendezvous store; rank 0, which hosts the store, waits
+    for them (bounded), then destroys its own.
+    """
+    if not dist.is_initialized():
+        return
+    rank, world = dist.get_rank(), dist.get_world_size()
+    store = dist.distributed_c10d._get_default_store()  # outlives the group: we hold it
+    if rank != 0:
         dist.destroy_process_group()
+        store.set(f"strata/left/{rank}", "1")
+        return
+    try:
+        store.wait([f"strata/left/{r}" for r in range(1, world)], timedelta(seconds=timeout_s))
+    except (RuntimeError, dist.DistStoreError) as e:  # a peer died: leave anyway
+        logger.warning("not every rank left the process group in %.0f s (%s); leaving", timeout_s, e)
+    dist.destroy_process_group()
 
 
 def apply_compile(model: nn.Module) -> None:
