@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -280,5 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     return run(cfg)
 
 
+def exit_now(code: int) -> None:
+    """Leave the process without interpreter finalization, once everything is flushed and durable.
+
+    By now the final checkpoint is committed, metrics are closed and the process group is destroyed. What is
+    left is finalization, where torch's C++ objects (gloo's threads, the TCPStore client) are torn down in no
+    set order; a rank now and then aborts there ("terminate called without an active exception", seen as
+    exit 134 of one task in CI, which fails the whole srun step; pytorch/pytorch#179291 describes the same
+    class of abort). Nothing of ours depends on finalization, so skip it.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
