@@ -73,6 +73,19 @@ def _vcluster_of(site, vcluster: str | None) -> str:
     return vcluster
 
 
+def _warn_if_closed(site, vc: str) -> None:
+    """Say so when users other than root cannot run the interpreter the SPANK plugin execs for them."""
+    from user_envs.install import closed_to_users, engine_python
+
+    python = engine_python(site, vc)
+    if why := closed_to_users(python):
+        err.print(f"[yellow]warning:[/] on {vc}, `srun --environment` works for root only: the engine's python "
+                  f"{python} cannot be run by other users ({why}). Fix: set "
+                  f"platforms.{site.platform_of[vc]}.vclusters.{vc}.container_engine.python in {site.path} to an interpreter every user can run "
+                  "with strata importable, or install strata under a world-readable prefix; then "
+                  f"`strata engine install {vc}`", highlight=False)
+
+
 def install_engine(site_path: str, vclusters: list[str]) -> dict[str, int]:
     """Run the container_engine role for `vclusters` (inventory host = vCluster name)."""
     from services.ansible.engine import install_container_engine
@@ -132,6 +145,8 @@ def register(app: typer.Typer, env_app: typer.Typer) -> None:
         print(f"vCluster {vc} offers:")
         for r in rows:
             print(f"  {r['vservice']:17} {r['reach']}")
+        if "container-engine" in s.vclusters[vc].vservices:
+            _warn_if_closed(s, vc)
 
     engine_app = typer.Typer(no_args_is_help=True, help="The container-engine vService.")
 
@@ -147,6 +162,8 @@ def register(app: typer.Typer, env_app: typer.Typer) -> None:
         changed = install_engine(site, names)
         console.print(f"container engine installed for {', '.join(names)}"
                       + (f" (changed: {', '.join(sorted(h for h, n in changed.items() if n))})" if any(changed.values()) else ""))
+        for v in names:
+            _warn_if_closed(s, v)
 
     @engine_app.command("image")
     @user_errors

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,8 +53,46 @@ def engine_config(site: Site, layout: Layout, vcluster: str) -> EngineConfig:
     )
 
 
-def render_plugstack(plugin: Path, config: Path, python: str = sys.executable) -> str:
+def render_plugstack(plugin: Path, config: Path, python: str) -> str:
     return HEADER + f"required {plugin} python={python} config={config}\n"
+
+
+def engine_python(site: Site, vcluster: str) -> str:
+    """The interpreter the SPANK plugin execs in each task: the site's choice, else the installing Python."""
+    return site.vclusters[vcluster].container_engine.python or sys.executable
+
+
+def closed_to_users(path: str) -> str | None:
+    """Why a user who is not root and not in the owning groups cannot execute `path`; None when they can.
+
+    Follows every symlink and checks each directory on the way for others' search bit (a venv's python is
+    often a link into /root, which is 0700: root's srun works, every researcher's fails at exec).
+    """
+    seen: set[str] = set()
+    todo = [Path(path)]
+    while todo:
+        p = todo.pop()
+        if str(p) in seen:
+            continue
+        seen.add(str(p))
+        for d in [*reversed(p.parents)]:
+            try:
+                mode = d.stat().st_mode
+            except OSError as e:
+                return f"{d}: {e.strerror}"
+            if not mode & 0o001:
+                return f"{d} is not searchable by other users (mode {mode & 0o777:o})"
+        if p.is_symlink():
+            target = Path(os.readlink(p))
+            todo.append(target if target.is_absolute() else p.parent / target)
+            continue
+        try:
+            mode = p.stat().st_mode
+        except OSError as e:
+            return f"{p}: {e.strerror}"
+        if not mode & 0o001:
+            return f"{p} is not executable by other users (mode {mode & 0o777:o})"
+    return None
 
 
 def build_plugin(out: Path) -> bool:
@@ -81,7 +120,7 @@ def install(site: Site, layout: Layout, vcluster: str) -> bool:
     cfg = engine_config(site, layout, vcluster)
     edir = engine_dir(layout, vcluster)
     changed = write_atomic(edir / "engine.json", cfg.to_json())
-    hooks = render_hooks(site.vclusters[vcluster])
+    hooks = render_hooks(site.vclusters[vcluster], engine_python(site, vcluster))
     cfg.hooks_dir.mkdir(parents=True, exist_ok=True)
     for stale in set(p.name for p in cfg.hooks_dir.glob("*.json")) - set(hooks):
         (cfg.hooks_dir / stale).unlink()
@@ -93,7 +132,7 @@ def install(site: Site, layout: Layout, vcluster: str) -> bool:
     plugin = edir / "strata_spank.so"
     changed |= build_plugin(plugin)
     changed |= write_atomic(layout.vcluster_dir(vcluster) / "etc" / "plugstack.conf",
-                            render_plugstack(plugin, edir / "engine.json"))
+                            render_plugstack(plugin, edir / "engine.json", engine_python(site, vcluster)))
     return changed
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from user_envs.images import GLIBC_DIR, build_image, trainer_edf, trainer_mounts
 
 pytestmark = pytest.mark.e2e
 
+REPO = Path(__file__).resolve().parents[2]
 HOOK_LIB = f"{GLIBC_DIR}/libz.so.1"  # stands for the network stack's libraries
 USER_1000 = ("unshare", "--user", "--map-user=1000", "--map-group=1000")
 
@@ -315,3 +318,70 @@ def test_rootless_state_defaults_to_tmp_per_uid_and_refuses_someone_elses(cs):
         assert "not a directory owned by you" in r.stderr
     finally:
         shutil.rmtree(default, ignore_errors=True)
+
+
+# ---- a real user who is not root, through Slurm -----------------------------------------------------
+
+NOBODY = 65534  # exists on every Debian; Slurm runs a job of it like any user's
+
+
+def user_python(into: Path) -> Path:
+    """An interpreter `nobody` can run with strata importable: this venv's own lives below /root (0700).
+
+    A venv of the system's python3.X (same minor version: the venv's compiled wheels fit), whose .pth adds
+    this venv's site-packages as a site dir (so the editable install of the repo is found too)."""
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if not system.exists():
+        pytest.skip(f"{system} missing: no interpreter that a user who is not root can run")
+    site_packages = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
+    from user_envs.install import closed_to_users
+    if why := closed_to_users(str(site_packages)) or closed_to_users(str(REPO / "user_envs")):
+        pytest.skip(f"this checkout is closed to other users ({why})")
+    subprocess.run([str(system), "-m", "venv", "--without-pip", str(into)], check=True)
+    own = next(into.glob("lib/python3*/site-packages"))
+    (own / "strata-dev.pth").write_text(f"import site; site.addsitedir({str(site_packages)!r})\n")
+    return into / "bin" / "python"
+
+
+def test_srun_environment_as_a_user_who_is_not_root(cs):
+    """What a researcher does: their srun --environment task runs rootless as them, through the SPANK plugin
+    exec'ing the site's engine python (container_engine.python: here one a user can run)."""
+    require_userns()
+    if Path(f"/tmp/strata-{NOBODY}").exists():
+        pytest.skip(f"/tmp/strata-{NOBODY} exists: not touching a real user's container state")
+    home = Path(tempfile.mkdtemp(dir="/tmp", prefix="strata-e2e-user-"))  # open to the user, unlike pytest's
+    alpha = cs.data["platforms"]["ml"]["vclusters"]["alpha"]
+    saved = json.loads(json.dumps(alpha["container_engine"]))
+    try:
+        home.chmod(0o755)
+        python = user_python(home / "venv")
+        data = home / "data"
+        data.mkdir()
+        os.chown(data, NOBODY, NOBODY)
+        shutil.copy(cs.image, home / "busybox.sqsh")
+        (home / "edf").mkdir()
+        (home / "edf" / "mine.toml").write_text(f'image = "{home}/busybox.sqsh"\nworkdir = "/data"\n'
+                                                f'mounts = ["{data}:/data"]\n')
+        alpha["container_engine"] = {**saved, "python": str(python),
+                                     "mount_allowlist": [*saved["mount_allowlist"], str(home)]}
+        cs.write()
+        assert cs.cli("engine", "install", "alpha").returncode == 0
+        cs.root.chmod(0o755)  # the state dir: slurm.conf, munge socket, engine.json are for every user
+        cs.state.chmod(0o755)
+        r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                            "srun", "-N1", "-w", "nid002", "--environment=mine", "sh", "-c",
+                            "id -u; id -g; pwd; echo from-the-task > out; grep CapEff /proc/self/status"],
+                           capture_output=True, text=True, timeout=120, cwd=home,
+                           env={"PATH": os.environ["PATH"], "SLURM_CONF": str(cs.conf("alpha")),
+                                "EDF_PATH": str(home / "edf"), "HOME": str(home)})
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.split("\n") == [str(NOBODY), str(NOBODY), "/data", "CapEff:\t0000000000000000", ""]
+        out = data / "out"
+        assert out.read_text() == "from-the-task\n" and out.stat().st_uid == NOBODY  # written as the user
+        assert Path(f"/tmp/strata-{NOBODY}").stat().st_uid == NOBODY  # the user's own engine state
+    finally:
+        alpha["container_engine"] = saved
+        cs.write()
+        cs.cli("engine", "install", "alpha")
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(f"/tmp/strata-{NOBODY}", ignore_errors=True)
