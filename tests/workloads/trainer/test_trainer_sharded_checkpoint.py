@@ -1,6 +1,7 @@
 """FSDP2 checkpoints are sharded (every rank writes only its own shards, DCP) and still read whole anywhere:
 a single process resumes from them, export_hf converts them."""
 
+import json
 import math
 import threading
 import time
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import transformers
-from trainer_helpers import losses, run_trainer, small_run, start_two_ranks
+from trainer_helpers import losses, run_trainer, small_run, start_ranks, start_two_ranks
 from trainer_helpers import train_batch as step
 
 from workloads.trainer.components import checkpoint as ckpt_mod
@@ -73,6 +74,37 @@ def test_fsdp2_checkpoint_is_one_shard_file_per_rank_and_resumes_on_one_process_
     tokens = torch.randint(0, args.vocab_size, (1, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (model.eval()(tokens) - hf(tokens).logits).abs().max().item() <= 1e-5
+
+
+def test_fsdp2_resumes_on_another_world_size_each_rank_reading_its_new_shards(tmp_path, sample_prefix):
+    """2-rank FSDP2 checkpoint → 3-rank FSDP2 run: DCP reshards (each new rank reads the byte ranges of
+    its own rows from both old files). With lr 0 after the resume, the 3-rank run's own checkpoint (three
+    shard files) must hold exactly the weights of the 2-rank one: every row came back where it belongs.
+    (lr 0: the resumed run's one step is the last of the WSD schedule, which decays to 0.)"""
+    opts = {"training.max_steps": 4, "checkpoint.interval": 4, "parallel.data_parallel": "fsdp",
+            "training.micro_batch_size": 3}
+    procs = start_two_ranks(tmp_path, small_run(tmp_path, sample_prefix, **opts))
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    before = CheckpointManager.read(tmp_path / "checkpoints" / "step_00000004")
+
+    # 3 ranks x 2 micro-batches of 1 keep the global batch (6 samples)
+    more = {**opts, "training.max_steps": 5, "training.micro_batch_size": 1, "training.grad_accum_steps": 2,
+            "checkpoint.keep": 3}
+    procs = start_ranks(tmp_path, small_run(tmp_path, sample_prefix, **more), 3)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert "at step 4" in outs[0] and "resumed from" in outs[0], outs[0]
+    after_dir = tmp_path / "checkpoints" / "step_00000005"
+    assert sorted(p.name for p in after_dir.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp", "__2_0.distcp"]
+    after = CheckpointManager.read(after_dir)
+    assert after["train"] == {"step": 5, "consumed_samples": 30} and len(after["rng"]) == 3
+    assert set(after["model"]) == set(before["model"])
+    for name, t in before["model"].items():
+        assert torch.equal(after["model"][name], t), name
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1]["lr"] == 0.0
+    assert all(math.isfinite(r["loss"]) for r in rows)
 
 
 # ------------------------------------------------------------------ in-process: FSDP2 on a 1-rank gloo group

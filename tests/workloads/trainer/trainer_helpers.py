@@ -63,14 +63,20 @@ def wait_for(predicate, timeout: float, interval: float = 0.005) -> bool:
 _LAUNCHES = itertools.count()
 
 
-def start_two_ranks(run_dir: Path, args: list[str]) -> list[subprocess.Popen]:
-    """Both ranks of a 2-process gloo run on this host, rendezvous as torchrun would set it up."""
+def start_ranks(run_dir: Path, args: list[str], world: int) -> list[subprocess.Popen]:
+    """All ranks of a `world`-process gloo run on this host, rendezvous as torchrun would set it up."""
     # distinct per run dir and launch: parallel sessions, and a relaunch after a kill, do not collide
     port = 29500 + (zlib.crc32(str(run_dir).encode()) + 7 * next(_LAUNCHES)) % 2000
+    n = str(world)
     return [subprocess.Popen([sys.executable, "-m", "workloads.trainer.train", "--config", "tiny", *args], cwd=REPO,
-                             env=trainer_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                             env=trainer_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=n, LOCAL_WORLD_SIZE=n,
                                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
+
+
+def start_two_ranks(run_dir: Path, args: list[str]) -> list[subprocess.Popen]:
+    """Both ranks of a 2-process gloo run on this host."""
+    return start_ranks(run_dir, args, 2)
 
 
 def train_batch(model, opt) -> None:
