@@ -68,6 +68,13 @@ def closed_to_users(path: str) -> str | None:
     Follows every symlink and checks each directory on the way for others' search bit (a venv's python is
     often a link into /root, which is 0700: root's srun works, every researcher's fails at exec).
     """
+    def lacks_x(p: Path, what: str) -> str | None:  # stat follows links: p's own mode, or why none
+        try:
+            mode = p.stat().st_mode
+        except OSError as e:
+            return f"{p}: {e.strerror}"
+        return None if mode & 0o001 else f"{p} is not {what} by other users (mode {mode & 0o777:o})"
+
     seen: set[str] = set()
     todo = [Path(path)]
     while todo:
@@ -75,23 +82,14 @@ def closed_to_users(path: str) -> str | None:
         if str(p) in seen:
             continue
         seen.add(str(p))
-        for d in [*reversed(p.parents)]:
-            try:
-                mode = d.stat().st_mode
-            except OSError as e:
-                return f"{d}: {e.strerror}"
-            if not mode & 0o001:
-                return f"{d} is not searchable by other users (mode {mode & 0o777:o})"
+        for d in reversed(p.parents):
+            if why := lacks_x(d, "searchable"):
+                return why
         if p.is_symlink():
             target = Path(os.readlink(p))
             todo.append(target if target.is_absolute() else p.parent / target)
-            continue
-        try:
-            mode = p.stat().st_mode
-        except OSError as e:
-            return f"{p}: {e.strerror}"
-        if not mode & 0o001:
-            return f"{p} is not executable by other users (mode {mode & 0o777:o})"
+        elif why := lacks_x(p, "executable"):
+            return why
     return None
 
 
