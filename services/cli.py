@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
     def vet(profile: str = typer.Option("llm", "--profile", help="Bundled profile name or a YAML path.")):
         """Vet the nodes of this allocation (`srun --ntasks-per-node=1 strata vet`); exit 1 names failing nodes."""
         from services.vetting.profile import ProfileError, load_profile
-        from services.vetting.vet import vet as run_vet
+        from services.vetting.vet import exit_now, vet as run_vet
 
         try:
             prof = load_profile(profile)
@@ -27,6 +28,8 @@ def register(app: typer.Typer) -> None:
         ok, text = run_vet(prof)
         if text:
             print(text, flush=True)
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # joined a process group: leave without teardown
+            exit_now(0 if ok else 1)
         if not ok:
             raise typer.Exit(1)
 

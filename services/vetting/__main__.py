@@ -1,7 +1,5 @@
 """`python -m services.vetting [--node-local] [--profile llm]`: vet this node (the prolog's `vetnode` part)."""
 
-import sys
+from services.vetting.vet import exit_now, main
 
-from services.vetting.vet import main
-
-sys.exit(main())
+exit_now(main())

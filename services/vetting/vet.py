@@ -62,6 +62,18 @@ def init_distributed() -> bool:
     return True
 
 
+def exit_now(code: int) -> None:
+    """Exit once the report is out, without interpreter finalization.
+
+    After a gloo group, torch's C++ teardown at finalization now and then aborts a task ("terminate called
+    without an active exception"); under srun that fails the whole step and hides the verdict. The trainer
+    leaves the same way (workloads/trainer/train.py).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_checks(profile: Profile, node: str, root: Path) -> list[Result]:
     """Every check in order on every task (the collectives line up); a check that errors fails, naming why."""
     out = []
