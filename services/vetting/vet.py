@@ -69,8 +69,11 @@ def exit_now(code: int) -> None:
     without an active exception"); under srun that fails the whole step and hides the verdict. The trainer
     leaves the same way (workloads/trainer/train.py).
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say to it
+            pass
     os._exit(code)
 
 

@@ -291,8 +291,11 @@ def exit_now(code: int) -> None:
     class of abort). Nothing of ours depends on finalization, so skip it.
     """
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say to it
+            pass
     os._exit(code)
 
 
