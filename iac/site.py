@@ -124,8 +124,9 @@ class ContainerEngine(_Model):
         default_factory=dict, description="Network-stack hooks offered, e.g. aws_ofi_nccl, cxi (GPU hook: always)."
     )
     python: str | None = Field(
-        None, pattern=r"^/", description="Interpreter the SPANK plugin execs in each task, as the job's user, and "
-        "the OCI hooks run with (strata importable); every user must be able to run it. Default: the Python that installs the engine."
+        None, pattern=r"^/", description="Interpreter the SPANK plugin execs in each task, as the job's user, "
+        "and the OCI hooks run with (strata importable); every user must be able to run it. Default: the "
+        "Python that installs the engine."
     )
 
 

@@ -79,11 +79,11 @@ def _warn_if_closed(site, vc: str) -> None:
 
     python = engine_python(site, vc)
     if why := closed_to_users(python):
+        key = f"platforms.{site.platform_of[vc]}.vclusters.{vc}.container_engine.python"
         err.print(f"[yellow]warning:[/] on {vc}, `srun --environment` works for root only: the engine's python "
-                  f"{python} cannot be run by other users ({why}). Fix: set "
-                  f"platforms.{site.platform_of[vc]}.vclusters.{vc}.container_engine.python in {site.path} to an interpreter every user can run "
-                  "with strata importable, or install strata under a world-readable prefix; then "
-                  f"`strata engine install {vc}`", highlight=False)
+                  f"{python} cannot be run by other users ({why}). Fix: set {key} in {site.path} to an "
+                  "interpreter every user can run with strata importable, or install strata under a "
+                  f"world-readable prefix; then `strata engine install {vc}`", highlight=False)
 
 
 def install_engine(site_path: str, vclusters: list[str]) -> dict[str, int]:

@@ -43,7 +43,8 @@ def test_closed_to_users_follows_links_and_checks_every_directory(open_dir):
     assert closed_to_users(str(hidden)) == f"{open_dir / 'root'} is not searchable by other users (mode 700)"
     (open_dir / "bin" / "link").symlink_to("../root/py")  # a venv's python: a link into a private dir
     assert "root is not searchable by other users" in closed_to_users(str(open_dir / "bin" / "link"))
-    assert closed_to_users(str(make(open_dir / "bin" / "rw", 0o744))).endswith("is not executable by other users (mode 744)")
+    no_x = make(open_dir / "bin" / "rw", 0o744)
+    assert closed_to_users(str(no_x)).endswith("is not executable by other users (mode 744)")
     assert "No such file or directory" in closed_to_users(str(open_dir / "bin" / "missing"))
 
 
