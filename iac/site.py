@@ -124,10 +124,18 @@ class ContainerEngine(_Model):
         default_factory=dict, description="Network-stack hooks offered, e.g. aws_ofi_nccl, cxi (GPU hook: always)."
     )
     python: str | None = Field(
-        None, pattern=r"^/", description="Interpreter the SPANK plugin execs in each task, as the job's user, "
+        None, description="Interpreter the SPANK plugin execs in each task, as the job's user, "
         "and the OCI hooks run with (strata importable); every user must be able to run it. Default: the "
         "Python that installs the engine."
     )
+
+    @field_validator("python")
+    @classmethod
+    def _python_is_absolute(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError(f"{v!r} is not an absolute path: slurmstepd execs it from any directory; "
+                             "give the full path, e.g. /opt/strata/venv/bin/python")
+        return v
 
 
 class VCluster(_Model):
