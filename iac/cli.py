@@ -7,6 +7,7 @@ import json
 import typer
 from typer.core import TyperGroup
 from rich.table import Table
+from rich.text import Text
 
 from iac import nodes_cli
 from iac.cli_common import console, err, handle_errors, ops_for, site_option
@@ -20,8 +21,11 @@ def _report(outcomes) -> None:
     bad = [o for o in outcomes if not o.ok]
     for o in outcomes:
         colour = "green" if o.ok else "red"
-        console.print(f"[{colour}]{o.result:8}[/] {o.node}: {o.source or 'free pool'} -> {o.target or 'free pool'}"
-                      + (f"  ({o.detail})" if o.detail else ""), highlight=False)
+        # the detail quotes Slurm and job text verbatim: only the result word is styled
+        line = Text(f"{o.result:8}", style=colour)
+        line.append(f" {o.node}: {o.source or 'free pool'} -> {o.target or 'free pool'}"
+                    + (f"  ({o.report})" if o.report else ""))
+        console.print(line, highlight=False, soft_wrap=True)
     if bad:
         err.print(f"[red]{len(bad)} node(s) not moved[/]; see above")
         raise typer.Exit(1)
@@ -38,8 +42,9 @@ def register(app: typer.Typer) -> None:
         ops = ops_for(site)
         _report(ops.up())
         plan = ops.plan()
-        if not plan.empty:
-            console.print(f"[yellow]the site file differs from the running site:[/] {'; '.join(plan.summary())}; run `strata apply`")
+        if plan.moves:
+            console.print(f"[yellow]the site file differs from the running site:[/] {'; '.join(plan.summary())}; "
+                          "run `strata apply`", highlight=False)
 
     @app.command()
     @handle_errors

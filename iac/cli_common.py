@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from functools import wraps
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from services.layout import state_root
 from iac.site import SiteError, load_site
@@ -17,6 +19,24 @@ DEFAULT_SITE = "sites/local.yaml"
 
 def site_option() -> str:
     return typer.Option(DEFAULT_SITE, "--site", help="Site file.", envvar="STRATA_SITE")
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free space on that filesystem, then re-run: every step is journaled and a re-run finishes it",
+    errno.EDQUOT: "free space within your quota, then re-run: every step is journaled and a re-run finishes it",
+    errno.EACCES: "run strata as root (it starts and stops the site's daemons as root), or fix that path's permissions",
+    errno.EPERM: "run strata as root (it starts and stops the site's daemons as root), or fix that path's permissions",
+    errno.EROFS: "that filesystem is mounted read-only: remount it read-write, or set STRATA_STATE to a writable dir",
+    errno.ENOENT: "check that the path exists (or that STRATA_STATE points at the site's state dir)",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: what failed, where, and what to do (never a traceback)."""
+    what = e.strerror or str(e)
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+    hint = _OS_HINTS.get(e.errno, "fix the cause, then re-run")
+    return f"{what}{f': {where}' if where else ''}; {hint}"
 
 
 def handle_errors(fn):
@@ -34,7 +54,10 @@ def handle_errors(fn):
             err.print(f"[red]error:[/] invalid site file\n{e}", markup=True, highlight=False)
             raise typer.Exit(2)
         except (DaemonError, StateError, AnsibleError, SlurmError) as e:
-            err.print(f"[red]error:[/] {e}", highlight=False)
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+            raise typer.Exit(1)
+        except OSError as e:
+            err.print(f"[red]error:[/] {escape(os_error_line(e))}", highlight=False)
             raise typer.Exit(1)
     return wrapper
 

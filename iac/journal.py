@@ -35,11 +35,19 @@ class Journal:
         if node:
             rec["node"] = node
         rec.update(detail)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = (json.dumps(rec, sort_keys=True) + "\n").encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab+") as f:
+                # a write cut short (full disk, crash) leaves a line without its end: start on a new line
+                # so that only the torn record is lost, never the next one
+                if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                    line = b"\n" + line
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a write error carries no file name: say which file could not take it
+            raise OSError(e.errno, f"cannot write the move journal: {e.strerror}", str(self.path)) from None
         if self._kill and self._kill[:2] == (step, event):
             self._seen += 1
             if self._seen == self._kill[2]:

@@ -1,6 +1,6 @@
 """Moving nodes between vClusters: named, journaled, idempotent steps run in order, batched per step.
 
-    drain ▸ wait ▸ detach ▸ reboot ▸ admit ▸ resume
+    drain ▸ wait ▸ pending ▸ detach ▸ reboot ▸ admit ▸ resume
 
 Each step checks what is already true before acting, so re-running after a crash (SIGKILL at any point)
 finishes the move. A step that fails for a node stops that node's move where it is safe: a node whose jobs
@@ -19,6 +19,7 @@ from services.layout import Layout
 from iac.plan import Move, Plan
 from iac.plane import Plane, configure_nodes, stop_slurmd
 from iac.site import Site, collect_nodes
+from iac.stranded import stranded_jobs
 from services.slurm.control import NodeState
 
 MOVING = "strata: moving to "
@@ -37,6 +38,11 @@ class Outcome:
     target: str | None
     result: str = "pending"  # moved | finished | timeout | held | failed
     detail: str = ""
+    notes: list[str] = field(default_factory=list)  # what --force did to jobs on the way
+
+    @property
+    def report(self) -> str:
+        return "; ".join([self.detail] * bool(self.detail) + self.notes)
 
     @property
     def ok(self) -> bool:
@@ -66,6 +72,7 @@ class MoveRunner:
         moves = list(plan.moves)
         self.drain([m for m in moves if m.source])
         self.wait([m for m in moves if m.source and self._live(m)])
+        self.pending([m for m in moves if m.source and self._live(m)])
         self.detach([m for m in moves if m.source and self._live(m)])
         self.reboot([m for m in moves if self._live(m)])
         self.admit([m for m in moves if m.target and self._live(m)])
@@ -77,8 +84,11 @@ class MoveRunner:
             if o.ok:
                 self.journal.record("move", "done", m.node, target=m.target or "free")
         for n in plan.finish:
-            if self.outcomes[n].result == "pending":
-                self.outcomes[n].result = "finished"
+            o = self.outcomes[n]
+            if o.result == "pending":
+                o.result = "finished"
+                # the interrupted move is over: without this record every later plan would finish it again
+                self.journal.record("move", "done", n, target=o.target or "free")
         return list(self.outcomes.values())
 
     def _owner(self, node: str) -> str | None:
@@ -151,10 +161,46 @@ class MoveRunner:
             if slurm.requeue(job):
                 self.journal.record("wait", "requeued", m.node, job=job)
                 self.say(f"requeued job {job} from {m.node}")
+                self.outcomes[m.node].notes.append(f"running job {job} requeued")
             else:  # an interactive job cannot be requeued; --force ends it
                 slurm.cancel(job)
                 self.journal.record("wait", "cancelled", m.node, job=job)
                 self.say(f"[yellow]cancelled[/] job {job} on {m.node} (not requeueable)")
+                self.outcomes[m.node].notes.append(f"running job {job} cancelled (not requeueable)")
+
+    def pending(self, moves: list[Move]) -> None:
+        """Before nodes leave, the jobs pending in the source that could not run without them.
+
+        Without --force such a node is held (left drained in its source) and the report names the jobs;
+        with --force a job that names the node with -w is cancelled (the restarted controller would end it
+        with NODE_FAIL), one that needs a node count stays pending, and the report says so for each.
+        """
+        for source in sorted({m.source for m in moves}):
+            group = [m for m in moves if m.source == source]
+            slurm = self.planes[source].slurm
+            found = stranded_jobs(slurm.pending_jobs(), slurm.partitions(), [m.node for m in group])
+            for m in group:
+                jobs = [s for s in found if s.node == m.node]
+                if not jobs:
+                    continue
+                ids = sorted({s.job.id for s in jobs}, key=int)
+                if not self.force:
+                    self.journal.record("pending", "held", m.node, jobs=ids)
+                    self._stop(m, "held", f"pending {'; '.join(s.describe() for s in jobs)}: {'they' if len(ids) > 1 else 'it'} could not run once "
+                               f"{m.node} leaves {source}; left drained in {source}. Cancel or change the job "
+                               f"(scancel {' '.join(ids)}), or re-run with --force (cancels jobs that require "
+                               f"{m.node}; the others stay pending)")
+                    continue
+                for s in jobs:
+                    if s.requires:
+                        slurm.cancel(s.job.id)
+                        note = f"pending job {s.job.id} ({s.job.user}) cancelled: it required {m.node} (-w)"
+                    else:
+                        note = f"pending job {s.job.id} ({s.job.user}) stays pending: it {s.why}, " \
+                               f"more than {source} keeps"
+                    self.journal.record("pending", "forced", m.node, job=s.job.id, what=note)
+                    self.outcomes[m.node].notes.append(note)
+                    self.say(f"[yellow]{note}[/]")
 
     def detach(self, moves: list[Move]) -> None:
         """Remove the nodes from their source's slurm.conf, restart its controller, stop their slurmd."""

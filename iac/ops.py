@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,11 +36,50 @@ class SiteOps:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """One operation at a time per site (Pulumi updates resources in parallel)."""
-        self.layout.root.mkdir(parents=True, exist_ok=True)
-        with open(self.layout.lock, "w") as f:
+        """One operation at a time per site (Pulumi updates resources in parallel).
+
+        Only root may: the local driver starts and stops every daemon of the site as root.
+        """
+        if self.site.spec.driver == "local" and os.geteuid() != 0:
+            raise StateError(f"site {self.site.name} runs its Slurm daemons as root: run this command as root "
+                             f"(e.g. sudo strata …); you are uid {os.geteuid()}")
+        try:
+            self.layout.root.mkdir(parents=True, exist_ok=True)
+            f = open(self.layout.lock, "w")
+        except PermissionError:
+            raise StateError(f"cannot take the site lock {self.layout.lock}: permission denied; "
+                             "run as the user who owns the state dir (root)") from None
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
+
+    # ---- which daemon is down ----
+    def down_daemons(self, names=None) -> list[str]:
+        """A line for each daemon of these vClusters that is not running or not answering, with the fix."""
+        out = []
+        fix = f"`strata up --site {self.site.path}` starts it again; then re-run the command"
+        for v in names or self.planes:
+            plane = self.planes[v]
+            pid = plane.munged.pid()
+            if not pid:
+                out.append(f"munged of vCluster {v} is not running (pid file {plane.munged.pidfile}); {fix}")
+            elif not munge_answers(plane.munged.socket):
+                out.append(f"munged of vCluster {v} (pid {pid}) does not answer on {plane.munged.socket}; "
+                           f"stop it (kill {pid}), then {fix}")
+            if not plane.ctld.pid():
+                out.append(f"slurmctld of vCluster {v} is not running (log {plane.ctld.log}); {fix}")
+        return out
+
+    @contextmanager
+    def blaming(self, names=None) -> Iterator[None]:
+        """Turn a failed Slurm call into the daemon that is down, when one is (else the error as it is)."""
+        try:
+            yield
+        except (SlurmError, DaemonError) as e:
+            down = self.down_daemons(names)
+            if down:
+                raise DaemonError("\n".join(down)) from None
+            raise e
 
     # ---- observing ----
     def observe(self) -> dict[str, str | None]:
@@ -73,8 +114,12 @@ class SiteOps:
     def _start(self) -> None:
         """Start every controller and the slurmd of every observed member (idempotent)."""
         check_installed()
-        for plane in self.planes.values():
-            plane.up()
+        for name, plane in self.planes.items():
+            with self.blaming([name]):
+                plane.up()
+        hung = self.down_daemons()  # a munged that runs but does not answer is not restarted by up()
+        if hung:
+            raise DaemonError("\n".join(hung))
         missing: dict[str, str | None] = {}
         for node, owner in self.observe().items():
             if owner and not running_slurmd(self.layout, node):
@@ -130,7 +175,8 @@ class SiteOps:
         if plan.problems:
             raise StateError("\n".join(plan.problems))
         runner = MoveRunner(self.site, self.layout, self.planes, self.journal, timeout=timeout, force=force, say=self.say)
-        return runner.run(plan)
+        with self.blaming():
+            return runner.run(plan)
 
     # ---- status ----
     def status(self) -> dict:
@@ -171,6 +217,14 @@ class SiteOps:
             for n, o in observed.items() if o is None
         ]
         return out
+
+
+def munge_answers(sock: Path, timeout: float = 3.0) -> bool:
+    """munged encodes a credential on its socket (a stopped or hung daemon does not)."""
+    try:
+        return subprocess.run(["munge", "-n", "-S", str(sock)], capture_output=True, timeout=timeout).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 __all__ = ["SiteOps", "StateError", "DaemonError"]

@@ -8,6 +8,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import hostlist
+
 OUR_PREFIX = "strata:"  # drain reasons we set start with this; we never clear anyone else's
 
 
@@ -78,6 +80,22 @@ def parse_node_line(line: str) -> NodeState:
     return NodeState(fields["NodeName"], fields.get("State", "UNKNOWN"), reason)
 
 
+@dataclass(frozen=True)
+class PendingJob:
+    """A job waiting to start, as far as a move must know: where it may run and how many nodes it needs."""
+
+    id: str
+    user: str
+    partitions: tuple[str, ...]
+    nodes: int  # the minimum node count it asked for
+    required: tuple[str, ...]  # nodes named with -w/--nodelist
+
+
+def _hosts(expr: str) -> list[str]:
+    expr = expr.strip()
+    return [] if expr in ("", "(null)") else hostlist.expand_hostlist(expr)
+
+
 class SlurmClient:
     """Slurm clients pointed at one vCluster through SLURM_CONF."""
 
@@ -111,6 +129,29 @@ class SlurmClient:
         """Ids of jobs running or completing on node."""
         out = self.run("squeue", "-h", "-w", node, "-t", "RUNNING,COMPLETING,CONFIGURING,SUSPENDED", "-o", "%i")
         return [j for j in out.split() if j]
+
+    def pending_jobs(self) -> list[PendingJob]:
+        """Jobs pending in the vCluster (squeue lists a job pending in several partitions once per partition)."""
+        out = self.run("squeue", "-h", "-t", "PENDING", "-o", "%i|%u|%P|%D|%n")
+        jobs: dict[str, PendingJob] = {}
+        for line in out.splitlines():
+            jid, user, parts, count, req = (line.split("|") + [""] * 5)[:5]
+            if not jid.strip():
+                continue
+            prev = jobs.get(jid)
+            partitions = tuple(dict.fromkeys((prev.partitions if prev else ()) + tuple(p for p in parts.split(",") if p)))
+            jobs[jid] = PendingJob(jid, user, partitions, int(count or 1), tuple(_hosts(req)))
+        return list(jobs.values())
+
+    def partitions(self) -> dict[str, list[str]]:
+        """Partition name -> the nodes it spans."""
+        out = self.run("scontrol", "show", "partition", "-o")
+        parts = {}
+        for line in out.splitlines():
+            fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+            if "PartitionName" in fields:
+                parts[fields["PartitionName"]] = _hosts(fields.get("Nodes", ""))
+        return parts
 
     def requeue(self, job: str) -> bool:
         """Requeue a job; False if Slurm refuses (e.g. an interactive srun)."""

@@ -26,6 +26,9 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except OSError as e:  # a failed write names no file: say which one could not be written
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write {path.name}: {e.strerror}", str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

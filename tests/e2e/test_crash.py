@@ -6,6 +6,7 @@ every step is killed both for a node entering a vCluster and for one leaving to 
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -52,4 +53,10 @@ def test_apply_killed_at_step_is_finished_by_rerun(shared_site, kill_at):
     assert site.members() == want
     for v, nodes in want.items():
         assert site.sinfo(v) == {n: "idle" for n in nodes}, f"after re-run at {kill_at}"
-    assert site.strata("plan", "--json").stdout.count('"node"') == 0  # nothing left to do
+    # nothing left to do, also no interrupted move to "finish" again at every later call
+    assert json.loads(site.strata("plan", "--json").stdout) == {"moves": [], "finish": [], "problems": []}
+    assert site.strata("plan").stdout.strip() == "no changes: every node is where the site file puts it"
+    again = site.strata("apply")
+    assert again.stdout.strip() == "nothing to do: every node is where the site file puts it"
+    up = site.strata("up")
+    assert "differs" not in up.stdout, up.stdout
