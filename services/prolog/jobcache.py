@@ -10,8 +10,14 @@ import shutil
 from pathlib import Path
 
 
+class BadJobId(ValueError):
+    """SLURM_JOB_ID is not a job id: it must never become part of a path (`../..` would escape tmp)."""
+
+
 def job_cache_dir(root: Path, job_id: str) -> Path:
-    assert job_id.isdigit(), job_id
+    # a real check, not an assert: `python -O` strips asserts, and this one guards a path we create and remove
+    if not (job_id.isascii() and job_id.isdigit()):
+        raise BadJobId(f"SLURM_JOB_ID {job_id!r} is not a job id (digits only); no cache dir made from it")
     return root / "tmp" / f"strata-job-{job_id}"
 
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from services.slurm.control import OUR_PREFIX
+from services.slurm.control import OUR_PREFIX, SlurmClient, SlurmError
 from services.slurm.files import write_atomic
 
 PARTS = Path(__file__).resolve().parent / "parts"
@@ -179,9 +179,11 @@ def summarize(checks: dict) -> str:
 
 def drain(node: str, reason: str, env: Mapping[str, str]) -> str:
     """Drain the node with our reason before failing, so it replaces Slurm's generic "Prolog error"."""
-    r = subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"],
-                       env=dict(env), capture_output=True, text=True, timeout=30)
-    return "drained" if r.returncode == 0 else f"drain failed: {(r.stderr or r.stdout).strip()}"
+    try:
+        SlurmClient.from_env(dict(env)).drain([node], reason)
+    except (SlurmError, subprocess.TimeoutExpired) as e:
+        return f"drain failed: {e}"
+    return "drained"
 
 
 def context_from_env(kind: str, env: Mapping[str, str]) -> Context:

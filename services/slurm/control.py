@@ -99,9 +99,14 @@ def _hosts(expr: str) -> list[str]:
 class SlurmClient:
     """Slurm clients pointed at one vCluster through SLURM_CONF."""
 
-    def __init__(self, conf: Path):
+    def __init__(self, conf: Path, env: dict[str, str] | None = None):
         self.conf = conf
-        self.env = {**os.environ, "SLURM_CONF": str(conf)}
+        self.env = {**(os.environ if env is None else env), "SLURM_CONF": str(conf)}
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> "SlurmClient":
+        """The cluster that `env` points at (a prolog's environment: Slurm sets SLURM_CONF)."""
+        return cls(Path(env.get("SLURM_CONF") or "/etc/slurm/slurm.conf"), env)
 
     def run(self, *args: str, check: bool = True) -> str:
         r = subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=60)

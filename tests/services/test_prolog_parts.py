@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,9 +93,16 @@ def test_job_cache_dir_is_created_private_and_removed(root):
     assert not jobcache.remove(root, "42")
 
 
-def test_job_cache_refuses_a_job_id_that_is_not_a_number(root):
-    with pytest.raises(AssertionError):
-        jobcache.job_cache_dir(root, "../../etc")
+@pytest.mark.parametrize("job_id", ["../../etc", "", "12/../..", "１２"])
+def test_job_cache_refuses_a_job_id_that_is_not_a_number(root, job_id):
+    with pytest.raises(jobcache.BadJobId, match="is not a job id"):
+        jobcache.job_cache_dir(root, job_id)
+
+
+def test_job_cache_guard_holds_under_python_O(root):
+    code = "from pathlib import Path; from services.prolog import jobcache; jobcache.job_cache_dir(Path('/x'), '../..')"
+    r = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 1 and "BadJobId" in r.stderr
 
 
 # ---- wrappers ----
