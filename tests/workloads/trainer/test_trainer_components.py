@@ -110,3 +110,16 @@ def test_ranks_read_disjoint_slices_that_cover_each_global_batch():
     assert ids[0].isdisjoint(ids[1]) and ids[0] | ids[1] == set(range(16, 32))
     x, y = loaders[1].get(16, 1)
     assert x.shape == y.shape == (4, 8) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_metrics_plot_labels_whole_steps_only():
+    import matplotlib.pyplot as plt
+
+    from workloads.trainer.components.metrics import metrics_figure
+
+    fig = metrics_figure([{"step": s, "loss": 5.0 - s / 10, "tokens_per_s": 300.0} for s in range(1, 11)], "run")
+    ax = fig.axes[1]
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    plt.close(fig)
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

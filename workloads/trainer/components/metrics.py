@@ -82,14 +82,27 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_metrics(jsonl: str | Path, png: str | Path) -> Path:
     """Plot loss and throughput against the step into a PNG (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = read_metrics(jsonl)
     if not records:
         raise ValueError(f"{jsonl} holds no metrics")
+    fig = metrics_figure(records, Path(jsonl).parent.name or str(jsonl))
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def metrics_figure(records: list[dict], title: str):
+    """The figure of loss, tokens/s and MFU per step; steps are whole numbers on the axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     steps = [r["step"] for r in records]
     fig, (ax_loss, ax_tps) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     ax_loss.plot(steps, [r["loss"] for r in records])
@@ -104,10 +117,7 @@ def plot_metrics(jsonl: str | Path, png: str | Path) -> Path:
         ax_mfu = ax_tps.twinx()
         ax_mfu.plot(steps, [100 * m if m is not None else float("nan") for m in mfus], color="tab:orange")
         ax_mfu.set_ylabel("MFU %", color="tab:orange")
-    fig.suptitle(Path(jsonl).parent.name or str(jsonl))
+    ax_tps.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 2.5 on a short run
+    fig.suptitle(title)
     fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return fig
