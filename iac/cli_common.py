@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 from functools import wraps
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -14,11 +15,13 @@ from iac.site import SiteError, load_site
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
-DEFAULT_SITE = "sites/local.yaml"
+# the embedded local site, found from the installed code: `cd / && strata status` works too
+DEFAULT_SITE = str(Path(__file__).resolve().parents[1] / "sites" / "local.yaml")
 
 
 def site_option() -> str:
-    return typer.Option(DEFAULT_SITE, "--site", help="Site file.", envvar="STRATA_SITE")
+    return typer.Option(DEFAULT_SITE, "--site", help="Site file (default: the embedded local site).",
+                        envvar="STRATA_SITE", show_default=False)
 
 
 _OS_HINTS = {
