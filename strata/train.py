@@ -20,6 +20,7 @@ from rich.console import Console
 from iac.cli_common import DEFAULT_SITE, handle_errors
 from services.layout import Layout, state_root
 from iac.site import load_site
+from strata.train_checks import TrainRequestError, capacity_of, check_nodes
 
 REPO = Path(__file__).resolve().parent.parent
 console = Console()
@@ -81,6 +82,15 @@ def register(app: typer.Typer) -> None:
             err.print(f"error: no vCluster {vcluster!r} in {site}; known: {', '.join(s.vclusters)}")
             raise typer.Exit(2)
         layout = Layout.of(s, state_root())
+        try:  # before anything is written or submitted: a job that cannot fit would pend forever
+            check_nodes(capacity_of(s, vcluster, layout.slurm_conf(vcluster)), vcluster, nodes, partition, site)
+        except TrainRequestError as e:
+            err.print(f"error: {e}", highlight=False)
+            raise typer.Exit(2)
+        if not layout.slurm_conf(vcluster).is_file():  # else sbatch retries a missing file for a minute
+            err.print(f"error: vCluster {vcluster} is not up (no {layout.slurm_conf(vcluster)}); run `strata up`",
+                      highlight=False)
+            raise typer.Exit(1)
         name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", Path(config).stem)
         run_dir = (run_dir or layout.root / "runs" / name).resolve()
         python, task_run_dir = sys.executable, str(run_dir)

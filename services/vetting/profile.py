@@ -117,7 +117,27 @@ def load_profile(name_or_path: str) -> Profile:
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILES / f"{name_or_path}.yaml"
-    if not path.exists():
+    if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
         raise ProfileError(f"no vetting profile {name_or_path!r} (bundled: {known}; or give a .yaml path)")
-    return parse_profile(yaml.safe_load(path.read_text()), str(path))
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path}: cannot read it ({e}); give a readable UTF-8 YAML file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ProfileError(yaml_error_line(e, path)) from None
+    return parse_profile(data, str(path))
+
+
+def yaml_error_line(e: yaml.YAMLError, path: Path) -> str:
+    """One line for a YAML syntax error: file:line:column, what the parser expected, where it started, a fix."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    # e.g. "while parsing a flow mapping" at the `{` that was never closed: usually where the mistake is
+    opened = f" ({context} from line {start.line + 1}, column {start.column + 1})" if context and start else ""
+    return (f"{where}: not valid YAML: {problem}{opened}; fix the syntax there (an unclosed bracket or quote, a "
+            f"missing ':', tabs in the indentation); the bundled {PROFILES / 'llm.yaml'} shows the format")

@@ -33,6 +33,43 @@ def test_bad_profiles_are_refused_naming_the_key_and_a_fix(data, message):
     assert message in str(e.value) and str(e.value).startswith("p.yaml:")
 
 
+@pytest.mark.parametrize("text,where,problem", [
+    ("checks:\n  - {check: matmul\n", ":3:1:", "expected ',' or '}', but got '<stream end>' (while parsing a flow "
+     "mapping from line 2, column 5)"),
+    ("checks:\n\t- {check: env}\n", ":2:1:", "found character '\\t' that cannot start any token"),
+])
+def test_a_yaml_syntax_error_is_one_line_with_file_line_column_and_a_fix(tmp_path, capsys, text, where, problem):
+    from services.vetting.vet import main
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ProfileError) as e:
+        load_profile(str(path))
+    assert str(e.value).startswith(f"{path}{where} not valid YAML: {problem}") and "\n" not in str(e.value)
+    assert "fix the syntax there" in str(e.value)
+    assert main(["--profile", str(path)]) == 2  # `python -m services.vetting`, as the prolog runs it
+    out = capsys.readouterr().err
+    assert out.startswith(f"error: {path}{where}") and out.count("\n") == 1 and "Traceback" not in out
+
+
+def test_strata_vet_with_a_broken_profile_exits_2_with_the_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from strata.cli import app
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("checks:\n  - {check: matmul\n")
+    r = CliRunner().invoke(app, ["vet", "--profile", str(path)])
+    assert r.exit_code == 2 and f"{path}:3:1: not valid YAML" in r.output, r.output
+
+
+def test_a_profile_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ProfileError, match=f"{path}: cannot read it"):
+        load_profile(str(path))
+
+
 def test_unknown_profile_name_lists_the_bundled_ones():
     with pytest.raises(ProfileError, match="bundled: llm"):
         load_profile("llama")

@@ -44,7 +44,11 @@ def plot(metrics: Path = typer.Argument(..., help="metrics.jsonl of a run (or th
     if not metrics.is_file():
         typer.echo(f"error: {metrics} does not exist", err=True)
         raise typer.Exit(1)
-    png = plot_metrics(metrics, out or metrics.with_suffix(".png"))
+    try:
+        png = plot_metrics(metrics, out or metrics.with_suffix(".png"))
+    except (ValueError, KeyError, TypeError) as e:  # empty, not JSON Lines, or lines without step/loss
+        typer.echo(f"error: {metrics}: not a trainer metrics file ({e!r}); give a run's metrics.jsonl", err=True)
+        raise typer.Exit(2)
     typer.echo(str(png))
 
 
@@ -62,6 +66,13 @@ def export_hf(checkpoint: Path = typer.Argument(..., help="Run dir, checkpoint d
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     if dtype not in dtypes:
         typer.echo(f"error: --dtype must be one of {', '.join(dtypes)}", err=True)
+        raise typer.Exit(2)
+    # checked before the weights are written, so a refusal leaves no half-exported directory
+    if tokenizer is not None and not tokenizer.is_file():
+        typer.echo(f"error: --tokenizer {tokenizer} does not exist; pass a tokenizer.json file", err=True)
+        raise typer.Exit(2)
+    if out.exists() and not out.is_dir():
+        typer.echo(f"error: {out} exists and is not a directory; give a directory for the export", err=True)
         raise typer.Exit(2)
     try:
         path = export_checkpoint(checkpoint, out, dtype=dtypes[dtype], tokenizer=tokenizer)

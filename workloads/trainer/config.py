@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .model.args import PRESETS, ModelArgs, get_preset
+from .model.args import PRESETS, ModelArgs, check_shape, get_preset
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -203,6 +203,9 @@ class TrainerConfig(_Section):
         if self.data.weights is not None and len(self.data.weights) != len(self.data.paths):
             raise ValueError(f"data.weights has {len(self.data.weights)} entries but data.paths has "
                              f"{len(self.data.paths)}")
+        # The shape is checked here, on the names the user writes, so that model_args() never fails later.
+        overrides = {k: v for k, v in self.model.model_dump().items() if k != "preset" and v is not None}
+        check_shape({**get_preset(self.model.preset).shape_dict(), **overrides}, prefix="model.")
         return self
 
     def model_args(self) -> ModelArgs:
@@ -294,6 +297,8 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read it as a TOML file ({e}); pass a readable UTF-8 .toml") from None
         check_keys(data, source=source)
     cli = parse_overrides(overrides or [])
     try:
@@ -303,8 +308,13 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
     try:
         return TrainerConfig.model_validate(_merge(data, cli))
     except ValidationError as e:
-        lines = [f"{source} + command line: invalid config:"]
+        problems = []
         for err in e.errors():
+            if not err["loc"]:  # a whole-config rule (_check): its message names the keys itself
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
             loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("\n".join(lines)) from None
+            problems.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        if len(problems) == 1:
+            raise ConfigError(f"{source} + command line: {problems[0]}") from None
+        raise ConfigError("\n  ".join([f"{source} + command line: invalid config:", *problems])) from None

@@ -88,6 +88,26 @@ def choose_dtype(vocab_size: int, requested: str, tokenizer_path: str | os.PathL
     return dtype
 
 
+def check_output_prefix(prefix: str | os.PathLike) -> None:
+    """The prefix names files (PREFIX.bin/.idx) in a directory this user can create or write to."""
+    text = os.fspath(prefix)
+    if not text or text.endswith(("/", os.sep)):
+        raise TokenizeInputError(f"--output-prefix {text!r} names no file; give a path prefix such as data/web "
+                                 "(writes data/web.bin and data/web.idx)")
+    parent = next(p for p in Path(text).absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        what = "is a file" if not parent.is_dir() else "is not writable by this user"
+        raise TokenizeInputError(f"--output-prefix {text}: {parent} {what}; choose an output path you can write")
+
+
+def _no_documents(sources: Sequence, text_key: str, skipped: int) -> TokenizeInputError:
+    """The refusal for inputs that hold no document: an empty dataset only fails later, in training."""
+    names = ", ".join(str(s.path) for s in sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+    why = f"{skipped:,} record(s), none with non-empty {text_key!r}" if skipped else "no records at all"
+    return TokenizeInputError(f"input {names}: no documents to tokenize ({why}); nothing written. Pass shards whose "
+                              f"{text_key!r} holds text, or --text-key naming the column that does")
+
+
 # --- worker side -----------------------------------------------------------------------------------
 _WORKER: dict = {}
 
@@ -176,9 +196,9 @@ def tokenize_files(
 ) -> TokenizeStats:
     """Tokenize `inputs` (paths or glob patterns of .parquet/.jsonl shards) into `output_prefix`.bin/.idx.
 
-    Every input, the text column, the tokenizer, its EOD token and the dtype are checked before anything
-    is written; a failure later (a corrupt record) removes the partial output. Raises TokenizeInputError
-    (or another DataError) with the file and a fix in the message.
+    Every input, the text column, the tokenizer, its EOD token, the dtype and the output path are checked
+    before anything is written; a failure later (a corrupt record, or inputs that hold no document at all)
+    removes the partial output. Raises TokenizeInputError (or another DataError) with the file and a fix.
 
     Args:
         inputs: input shards; patterns are expanded and sorted; output follows this order.
@@ -193,6 +213,7 @@ def tokenize_files(
     """
     if workers < 1 or shard_docs < 1:
         raise TokenizeInputError(f"--workers ({workers}) and --shard-docs ({shard_docs}) must be >= 1")
+    check_output_prefix(output_prefix)
     sources = resolve_inputs([os.fspath(p) for p in inputs])
     for source in sources:
         check_text_column(source, text_key)
@@ -212,6 +233,8 @@ def tokenize_files(
             writer.add_documents(ids, lengths)
             docs, tokens, skipped = docs + len(lengths), tokens + len(ids), skipped + skip
             bar.update(nbytes, docs, tokens)
+        if docs == 0:  # raised inside the writer's block: it removes what it wrote
+            raise _no_documents(sources, text_key, skipped)
     return TokenizeStats(os.fspath(output_prefix), docs, tokens, skipped, str(out_dtype), time.perf_counter() - start)
 
 
@@ -257,6 +280,9 @@ def tokenize_command(
     except DataError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    except OSError as e:  # the file system failed us mid-run (disk full, a shard unreadable): not bad input
+        typer.echo(f"error: {e.filename or output_prefix}: {e.strerror or e}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(
         f"wrote {stats.prefix}.bin/.idx: {stats.documents:,} documents, {stats.tokens:,} tokens ({stats.dtype}), "
         f"{stats.skipped:,} skipped, {stats.seconds:.1f} s, {stats.tokens_per_second / 1e3:,.0f}k tokens/s"

@@ -3,7 +3,7 @@
 Also runs under torchrun or srun (several ranks: DDP or FSDP2). Resumes from <checkpoint dir>/latest,
 writes a checkpoint every `checkpoint.interval` steps without stopping, and on SIGUSR1/SIGTERM finishes
 the step, writes a final checkpoint and exits 0. Exit codes: 0 done or preempted, 1 runtime error
-(data, checkpoint), 2 bad configuration.
+(data, checkpoint), 2 bad configuration (also a device or dataset this machine lacks: refused before any write).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from .parallelize import (
     maybe_no_sync,
     parallelize_model,
 )
+from .preflight import check_run
 
 logger = logging.getLogger("workloads.trainer")
 
@@ -249,7 +250,16 @@ def setup_logging(rank: int) -> None:
 
 
 def run(cfg: TrainerConfig) -> int:
-    """Initialise the process group, train, clean up; maps user errors to exit code 1."""
+    """Check the config against this machine, initialise the process group, train, clean up.
+
+    A config this machine cannot run (device, data, paths) exits 2 before anything is written; errors
+    found while running (data, checkpoint, replicas) exit 1.
+    """
+    try:
+        check_run(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ctx = init_distributed(cfg.training.device, cfg.parallel.backend, cfg.training.num_threads)
     setup_logging(ctx.rank)
     try:

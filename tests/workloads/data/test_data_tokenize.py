@@ -146,3 +146,38 @@ def test_bundled_tokenizer_is_what_build_tokenizer_produces():
     assert fresh.get_vocab_size() == 8192 and fresh.token_to_id("<|endoftext|>") == 0
     committed = json.loads(TOKENIZER_JSON.read_text(encoding="utf-8"))
     assert json.loads(fresh.to_str()) == committed, "tokenizer.json is stale: run build_tokenizer.py"
+
+
+def test_inputs_without_documents_exit_2_naming_the_input_and_write_nothing(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text(json.dumps({"text": ""}) + "\n" + json.dumps({"text": None}) + "\n")
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    cases = [("empty.jsonl", "no records at all"), ("blank.jsonl", "2 record(s), none with non-empty 'text'"),
+             ("empty.parquet", "no records at all")]
+    for name, needle in cases:
+        for workers in ("1", "2"):
+            result = cli("--input", tmp_path / name, "--tokenizer", TOK, "--output-prefix", tmp_path / "out" / "x",
+                         "--workers", workers)
+            assert result.exit_code == 2, (name, result.output)
+            assert f"input {tmp_path / name}: no documents to tokenize ({needle})" in result.output, result.output
+            assert no_output(tmp_path), name
+
+
+def test_a_refused_run_leaves_an_earlier_dataset_at_the_prefix_as_it_was(tmp_path):
+    jsonl = write_sample_jsonl(tmp_path / "s.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    prefix = tmp_path / "web"
+    assert cli("--input", jsonl, "--tokenizer", TOK, "--output-prefix", prefix, "--workers", "1").exit_code == 0
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())
+    result = cli("--input", tmp_path / "empty.jsonl", "--tokenizer", TOK, "--output-prefix", prefix)
+    assert result.exit_code == 2 and "no documents" in result.output
+    assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) == before
+
+
+def test_an_output_prefix_that_names_a_directory_or_an_unwritable_place_exits_2(tmp_path):
+    jsonl = write_sample_jsonl(tmp_path / "s.jsonl")
+    (tmp_path / "afile").write_text("x")
+    for prefix, needle in [(f"{tmp_path}/out/", "names no file"), (tmp_path / "afile" / "x", "is a file")]:
+        result = cli("--input", jsonl, "--tokenizer", TOK, "--output-prefix", prefix)
+        assert result.exit_code == 2 and needle in result.output, result.output
+        assert no_output(tmp_path)

@@ -108,10 +108,10 @@ def test_checkpoint_of_another_shape_fails_and_overwrites_nothing(tmp_path, samp
     assert after == before
 
 
-def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+def test_missing_dataset_is_refused_before_the_run_writes(tmp_path, capsys):
     code = main(["--config", "tiny", f"--job.run_dir={tmp_path}", f'--data.paths=["{tmp_path}/nope"]'])
-    assert code == 1
-    assert "nope" in capsys.readouterr().err
+    assert code == 2
+    assert "data.paths[0]" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 def test_goldfish_masks_labels_and_ademamix_trains(tmp_path, sample_prefix):

@@ -8,7 +8,65 @@ models, 8 KV heads (GQA), vocabulary 131,072. `tiny` is a CPU smoke model sized 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+
+class ModelShapeError(ValueError):
+    """A model shape that cannot be built; the message names the fields at fault and values that work."""
+
+
+_POSITIVE = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_multiplier", "norm_eps", "rope_theta",
+             "max_seq_len")
+
+
+def _divisors(n: int) -> list[int]:
+    """Divisors of n in order; empty above 2**24 (no model is that wide, and the search would be slow)."""
+    if n > 1 << 24:
+        return []
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
+
+
+def _head_counts(dim: int, n_kv_heads: int) -> list[int]:
+    """Head counts that fit `dim`: they divide it into even head sizes and are multiples of n_kv_heads."""
+    return [h for h in _divisors(dim) if (dim // h) % 2 == 0 and h % n_kv_heads == 0]
+
+
+def check_shape(values: Mapping[str, float], prefix: str = "") -> None:
+    """Raise ModelShapeError for the first rule `values` (ModelArgs fields) break; keys are named `prefix`+field.
+
+    Config validation calls it with prefix "model." on the preset merged with the user's overrides, so the
+    message names the keys the user writes; ModelArgs calls it on itself.
+    """
+    for name in _POSITIVE:
+        if not values[name] > 0:
+            raise ModelShapeError(f"{prefix}{name}={values[name]} must be > 0")
+    dim, heads, kv = values["dim"], values["n_heads"], values["n_kv_heads"]
+    if dim % heads or (dim // heads) % 2:
+        why = (f"does not divide {prefix}dim={dim}" if dim % heads else
+               f"gives an odd head size {prefix}dim/{prefix}n_heads={dim // heads} (RoPE rotates pairs of channels)")
+        fits = _head_counts(dim, kv)
+        fix = (f"set {prefix}n_heads to one of {_few(fits, heads)} (divisors of {prefix}dim with an even head size, "
+               f"multiples of {prefix}n_kv_heads={kv})" if fits else
+               # n_heads = n_kv_heads always fits a dim that is a multiple of 2·n_kv_heads
+               f"no head count fits; set {prefix}dim to a multiple of {2 * kv}, e.g. {_round_to(dim, 2 * kv)}")
+        raise ModelShapeError(f"{prefix}n_heads={heads} {why}; {fix}")
+    if heads % kv:
+        fits = _divisors(heads) or [1]
+        raise ModelShapeError(f"{prefix}n_kv_heads={kv} does not divide {prefix}n_heads={heads} (each KV head serves "
+                              f"a whole group of query heads); set {prefix}n_kv_heads to one of {_few(fits, kv)}")
+
+
+def _round_to(value: int, step: int) -> int:
+    """The multiple of `step` nearest `value` (at least `step`)."""
+    return max(step, round(value / step) * step)
+
+
+def _few(choices: list[int], near: float) -> str:
+    """Up to six of `choices`, those nearest `near`, in order."""
+    return ", ".join(map(str, sorted(sorted(choices, key=lambda c: abs(c - near))[:6])))
 
 
 @dataclass(frozen=True)
@@ -26,9 +84,7 @@ class ModelArgs:
     max_seq_len: int = 4096  # longest sequence the RoPE table covers
 
     def __post_init__(self) -> None:
-        assert self.dim % self.n_heads == 0, "dim must be divisible by n_heads"
-        assert self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
-        assert (self.dim // self.n_heads) % 2 == 0, "RoPE needs an even head_dim"
+        check_shape(dataclasses.asdict(self))
 
     @property
     def head_dim(self) -> int:
