@@ -24,7 +24,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from user_envs.edf import Mount
+from user_envs.edf import ENGINE_FLAGS, PROPAGATION, Mount
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MS_RDONLY, MS_BIND, MS_REC, MS_PRIVATE = 1, 4096, 16384, 1 << 18
@@ -136,7 +136,6 @@ _NO_CAPS = {k: [] for k in ("bounding", "effective", "inheritable", "permitted",
 _MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
            "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
 _READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-_PROPAGATION = ("private", "rprivate", "slave", "rslave", "shared", "rshared")
 
 
 @dataclass(frozen=True)
@@ -182,8 +181,15 @@ class RemapTool:
 
 
 def _bind(m: Mount) -> dict:
-    opts = ["rbind", "ro" if m.readonly else "rw"]
-    opts += [f for f in m.flags if f in _PROPAGATION] or ["rprivate"]
+    """The OCI mount of one EDF bind: its flags forwarded as runc options, after the engine's defaults.
+
+    Always `rbind` (as pyxis mounts: a user's `bind` does not drop submounts), `rw` unless `ro`/`rro` is, and
+    `rprivate` unless a propagation flag is: the container's mounts must not leak back to the host.
+    """
+    flags = [f for f in m.flags if f not in ENGINE_FLAGS and f not in ("bind", "rbind", "ro", "rw")]
+    opts = ["rbind", "ro" if m.readonly else "rw", *flags]
+    if not PROPAGATION.intersection(flags):
+        opts.append("rprivate")
     return {"destination": m.dst, "type": "bind", "source": m.src, "options": opts}
 
 

@@ -173,7 +173,8 @@ def run(env: ResolvedEdf, argv: list[str], cfg: EngineConfig, environ: Mapping[s
     if env.image == "":
         return _run_on_host(env, argv, environ)
     if not env.image.startswith("/") and "#" not in env.image and Path(env.image).exists():
-        raise EngineError(f"{env.chain[-1]}: image: {env.image!r} is a relative path; write it absolute")
+        raise EngineError(f"{env.chain[-1]}: image: {env.image!r} reads as a registry image, but it is a path here: "
+                          f"write \"./{env.image}\" (taken from the working directory) or an absolute path")
     if not _is_local(env.image):
         raise EngineError(f"{env.chain[-1]}: image: {env.image!r} is a registry image and this engine pulls "
                           "nothing; import it into a SquashFS file (e.g. `enroot import` or mksquashfs of an "

@@ -3,7 +3,10 @@
 Merge rules (cscs-docs edf.md): bases are evaluated in order, then the file itself; `env` and `annotations`
 merge with the later value winning; `mounts` append; scalars (`image`, `workdir`, `entrypoint`, `writable`)
 overwrite when set. Expansion: `${VAR}` from the caller's environment in every string (undefined is an
-error), `${VAR:-}` is empty when undefined, `$$` is a literal `$`.
+error), `${VAR:-}` is empty when undefined, `$$` is a literal `$`. Then relative paths (`./…`, `../…`) in the
+parameters (`base_environment`, `image`, `workdir`, `mounts`) are taken from the caller's working directory,
+not the EDF's folder (edf.md, "Relative paths expansion"); `[env]` and `[annotations]` values are left as
+written (a relative `PYTHONPATH` may be meant to stay relative).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from user_envs.edf import Edf, EdfError, Mount, load_edf, parse_mount
+from user_envs.edf import Edf, EdfError, Mount, from_cwd, is_relative, load_edf, parse_mount
 
 MAX_DEPTH = 10  # an EDF and its bases may nest this deep; the 11th level is an error
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-)?\}")
@@ -28,23 +31,30 @@ def search_path(environ: Mapping[str, str]) -> list[Path]:
     return [Path(home) / ".edf"]
 
 
-def find_edf(name: str, environ: Mapping[str, str], referrer: Path | None = None) -> Path:
-    """An EDF by name (`NAME` -> `NAME.toml` in the search path) or by path (absolute or with a '/')."""
-    if "/" in name or name.endswith(".toml"):
-        p = Path(name)
-        if not p.is_absolute() and referrer is not None and not p.exists():
-            p = referrer.parent / p
+def is_path(name: str) -> bool:
+    """`--environment` / `base_environment` names a file (absolute, `./…`, or `….toml`), else a search-path name."""
+    return name.startswith("/") or is_relative(name) or name.endswith(".toml")
+
+
+def find_edf(name: str, environ: Mapping[str, str], referrer: Path | None = None, cwd: str | None = None) -> Path:
+    """An EDF by name (`NAME` -> `NAME.toml` in the search path) or by path, relative ones from `cwd`."""
+    key = "base_environment" if referrer else None
+    if is_path(name):
+        p = Path(name if name.startswith("/") else os.path.join(cwd or "", name))
         if p.is_file():
             return p.resolve()
-        raise EdfError(referrer, "base_environment" if referrer else None, f"no EDF file at {name}; check the path")
+        beside = referrer.parent / name if referrer is not None and not name.startswith("/") else None
+        if beside is not None and beside.is_file():  # written for the old rule (beside the EDF): say so
+            raise EdfError(referrer, key, f"no EDF file at {p}: relative paths are taken from the working directory "
+                                          f"({cwd}), not the EDF's folder; write \"{beside.resolve()}\"")
+        raise EdfError(referrer, key, f"no EDF file at {p}; check the path")
     dirs = search_path(environ)
     for d in dirs:
         p = d / f"{name}.toml"
         if p.is_file():
             return p.resolve()
     where = ", ".join(str(d) for d in dirs)
-    raise EdfError(referrer, "base_environment" if referrer else None,
-                   f"no environment {name!r}: no {name}.toml in {where}; put it there or set EDF_PATH")
+    raise EdfError(referrer, key, f"no environment {name!r}: no {name}.toml in {where}; put it there or set EDF_PATH")
 
 
 def expand(text: str, environ: Mapping[str, str], path: Path, key: str) -> str:
@@ -96,20 +106,29 @@ def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _expanded(edf: Edf, path: Path, environ: Mapping[str, str]) -> Edf:
-    """The same EDF with every string field expanded (keys of env/annotations are left as written)."""
-    x = lambda v, k: None if v is None else expand(v, environ, path, k)  # noqa: E731
+def _expanded(edf: Edf, path: Path, environ: Mapping[str, str], cwd: str | None) -> Edf:
+    """The same EDF with every string field expanded (keys of env/annotations are left as written), and
+    `image` and `workdir` taken from `cwd` when they start with `./` (mounts: `parse_mount`, bases: `find_edf`)."""
+    def x(v: str | None, k: str, relative: bool = False) -> str | None:
+        if v is None:
+            return None
+        v = expand(v, environ, path, k)
+        try:
+            return from_cwd(v, cwd) if relative else v
+        except ValueError as e:
+            raise EdfError(path, k, str(e)) from None
     return edf.model_copy(update={
         "base_environment": tuple(x(b, "base_environment") for b in edf.base_environment),
-        "image": x(edf.image, "image"),
-        "workdir": x(edf.workdir, "workdir"),
+        "image": x(edf.image, "image", relative=True),
+        "workdir": x(edf.workdir, "workdir", relative=True),
         "mounts": tuple(x(m, "mounts") for m in edf.mounts),
         "env": {k: x(v, f"env.{k}") for k, v in edf.env.items()},
         "annotations": {k: x(v, f"annotations.{k}") for k, v in edf.annotations.items()},
     })
 
 
-def _layers(path: Path, environ: Mapping[str, str], chain: tuple[Path, ...]) -> list[tuple[Path, Edf]]:
+def _layers(path: Path, environ: Mapping[str, str], cwd: str | None,
+            chain: tuple[Path, ...]) -> list[tuple[Path, Edf]]:
     """This EDF and its bases, flattened in evaluation order (bases first, depth first)."""
     if path in chain:
         shown = " -> ".join(str(p) for p in (*chain, path))
@@ -118,17 +137,29 @@ def _layers(path: Path, environ: Mapping[str, str], chain: tuple[Path, ...]) -> 
         shown = " -> ".join(str(p) for p in (*chain, path))
         raise EdfError(path, "base_environment",
                        f"more than {MAX_DEPTH} levels of base_environment: {shown}; flatten the chain")
-    edf = _expanded(load_edf(path), path, environ)
+    edf = _expanded(load_edf(path), path, environ, cwd)
     out: list[tuple[Path, Edf]] = []
     for base in edf.base_environment:
-        out += _layers(find_edf(base, environ, referrer=path), environ, (*chain, path))
+        out += _layers(find_edf(base, environ, referrer=path, cwd=cwd), environ, cwd, (*chain, path))
     return out + [(path, edf)]
 
 
-def resolve(name: str, environ: Mapping[str, str] | None = None) -> ResolvedEdf:
-    """Find `name`, merge its bases and expand its variables; raise EdfError naming file, key and fix."""
+def _working_dir() -> str | None:
+    try:
+        return os.getcwd()
+    except FileNotFoundError:  # removed under us: only an EDF with a relative path needs it (then: an error)
+        return None
+
+
+def resolve(name: str, environ: Mapping[str, str] | None = None, cwd: str | None = None) -> ResolvedEdf:
+    """Find `name`, merge its bases and expand its variables; raise EdfError naming file, key and fix.
+
+    `cwd`: where relative paths (`./…`) are taken from, default this process's working directory (the
+    directory `strata run` or `srun` was called in: a Slurm task starts there).
+    """
     environ = os.environ if environ is None else environ
-    layers = _layers(find_edf(name, environ), environ, ())
+    cwd = _working_dir() if cwd is None else cwd
+    layers = _layers(find_edf(name, environ, cwd=cwd), environ, cwd, ())
     image, workdir, entrypoint, writable = "", None, False, True
     mounts: list[Mount] = []
     env: dict[str, str] = {}
@@ -140,13 +171,14 @@ def resolve(name: str, environ: Mapping[str, str] | None = None) -> ResolvedEdf:
         writable = edf.writable if edf.writable is not None else writable
         for m in edf.mounts:
             try:
-                mounts.append(parse_mount(m))
+                mounts.append(parse_mount(m, cwd))
             except ValueError as e:
                 raise EdfError(path, "mounts", str(e)) from None
         env.update(edf.env)
         annotations.update(edf.annotations)
     if workdir is not None and not workdir.startswith("/"):
-        raise EdfError(layers[-1][0], "workdir", f"{workdir!r} must be an absolute path")
+        raise EdfError(layers[-1][0], "workdir", f"{workdir!r} must be an absolute path, or start with ./ to be "
+                                                 f"taken from the working directory (write \"./{workdir}\")")
     return ResolvedEdf(name=name, chain=tuple(dict.fromkeys(p for p, _ in layers)), image=image,
                        workdir=workdir, entrypoint=entrypoint, writable=writable, mounts=tuple(mounts),
                        env=env, annotations=annotations)
