@@ -13,8 +13,8 @@ from rich.markup import escape
 from services.layout import state_root
 from iac.site import SiteError, load_site
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+console = Console(emoji=False)  # external text (Slurm's NtasksPerN:B:S:C) is not emoji codes
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 # the embedded local site, found from the installed code: `cd / && strata status` works too
 DEFAULT_SITE = str(Path(__file__).resolve().parents[1] / "sites" / "local.yaml")
 

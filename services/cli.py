@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-err = Console(stderr=True, soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -20,7 +21,7 @@ from iac.site import load_site
 
 REPO = Path(__file__).resolve().parent.parent
 SITE = REPO / "sites/local.yaml"
-console = Console()
+console = Console(emoji=False)  # Slurm's NtasksPerN:B:S:C is not an emoji code
 
 
 def run(*args: str, env: dict | None = None, check: bool = True) -> str:
@@ -30,7 +31,7 @@ def run(*args: str, env: dict | None = None, check: bool = True) -> str:
     r = subprocess.run(args, env=env, text=True, capture_output=True, cwd=REPO)
     out = (r.stdout + r.stderr).rstrip()
     if out:
-        console.print(out, highlight=False, markup=False)
+        console.print(out, highlight=False, markup=False, emoji=False)  # external output, verbatim
     if check and r.returncode != 0:
         console.print(f"[red]demo step failed (exit {r.returncode})[/]")
         sys.exit(r.returncode)
@@ -67,8 +68,10 @@ def main() -> None:
     run("sinfo", env=bristen_env)
 
     console.rule("4. train the tiny Apertus model across 2 nodes of clariden (sbatch + srun, gloo)")
-    run(strata, "train", "--site", str(moved), "--vcluster", "clariden", "--nodes", "2", "--config", "tiny", "--wait")
-    run_dir = layout.root / "runs" / "tiny"
+    # a fresh run each time: a second demo trains again instead of resuming a finished run
+    run_dir = layout.root / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+    run(strata, "train", "--site", str(moved), "--vcluster", "clariden", "--nodes", "2", "--config", "tiny",
+        "--run-dir", str(run_dir), "--wait")
     run(strata, "trainer", "plot", str(run_dir))
 
     console.rule("5. move nid006 back: the site is again as sites/local.yaml says")
