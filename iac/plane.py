@@ -17,6 +17,7 @@ from services.layout import Layout
 from iac.site import Site
 from iac.slurm_inputs import prolog_wrappers, slurm_cluster
 from services.ansible.runner import run_playbook
+from services.slurm.access import groups_key
 from services.slurm.control import SlurmClient
 from services.slurm.daemons import Munged, Slurmctld, owned_pid, stop_pid
 from services.slurm.files import write_atomic
@@ -29,7 +30,9 @@ class Plane:
     def __init__(self, site: Site, layout: Layout, name: str):
         self.site, self.layout, self.name = site, layout, name
         self.conf = layout.slurm_conf(name)
-        self.munged = Munged(layout.munge_dir(name), f"vCluster {name}")
+        access = site.vclusters[name].access
+        self.munged = Munged(layout.munge_dir(name), f"vCluster {name}", access.groups if access else None,
+                             str(site.path), groups_key(site, name))
         self.ctld = Slurmctld(
             self.conf, layout.ctld_pidfile(name), layout.log_dir(name) / "slurmctld.log",
             layout.ctld_port(name), f"vCluster {name}",
@@ -56,14 +59,21 @@ class Plane:
         return bool(self.munged.pid() and self.ctld.pid())
 
     def up(self) -> None:
-        """Start munged and slurmctld (idempotent); renders an empty conf the first time."""
-        if not self.conf.exists():
-            self.write_configs([])
-        self.layout.ctld_dir(self.name).mkdir(parents=True, exist_ok=True)
+        """Start munged and slurmctld (idempotent); renders an empty conf the first time.
+
+        munged first: it checks the site's access groups exist before any conf names them. The conf is
+        rendered again for its current members, so that a changed site file (access groups, partitions)
+        reaches a running controller too: restarted when the conf changed.
+        """
         self.munged.start()
+        changed = self.write_configs(self.members())
+        self.layout.ctld_dir(self.name).mkdir(parents=True, exist_ok=True)
         if not self.ctld.pid():
             self.ctld.start()
             self.reload_slurmds()  # members whose slurmd outlived the controller register again
+        elif changed:
+            self.ctld.restart()
+            self.reload_slurmds()
 
     def set_members(self, members: list[str], reload: bool = True) -> None:
         """Change membership: write the conf, restart the controller, let the slurmds re-read it.

@@ -138,6 +138,36 @@ class ContainerEngine(_Model):
         return v
 
 
+GROUP_RE = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"
+
+
+class Access(_Model):
+    """Who may use a vCluster: members of these Unix groups (and root); everyone else is refused.
+
+    Enforced by munge and Slurm, not by strata: the folder of the vCluster's munge socket is searchable by
+    these groups only (no socket, no credential, no Slurm), and its partitions say `AllowGroups=`. The groups
+    must exist on the host when `strata up`/`apply` runs (checked then; loading the site file stays pure).
+    """
+
+    groups: tuple[str, ...] = Field(
+        description="Unix groups whose members may submit to the vCluster, e.g. [ml-users]."
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_are_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("no groups named: that would leave the vCluster to root alone; name at least one "
+                             "group, or remove `access` to open it to every local user")
+        for g in v:
+            if not re.match(GROUP_RE, g):
+                raise ValueError(f"{g!r} is not a Unix group name; list each group as its own item, "
+                                 "e.g. groups: [ml-users, ml-admins]")
+        if len(set(v)) != len(v):
+            raise ValueError(f"groups repeat: {list(v)}; list each group once")
+        return v
+
+
 class VCluster(_Model):
     """A software-defined cluster: its nodes, the image they boot, its partitions and vServices."""
 
@@ -149,6 +179,9 @@ class VCluster(_Model):
     vservices: tuple[Literal[VSERVICES], ...] = Field(("slurm",), description="vServices offered.")  # type: ignore[valid-type]
     container_engine: ContainerEngine = Field(
         default_factory=ContainerEngine, description="Settings of the container-engine vService."
+    )
+    access: Access | None = Field(
+        None, description="Which Unix groups may use the vCluster; unset: every local user may (open)."
     )
     description: str = ""
 
@@ -277,6 +310,7 @@ _CHILDREN: dict[tuple[type, str], tuple[type, bool]] = {
     (Platform, "vclusters"): (VCluster, True),
     (VCluster, "partitions"): (Partition, False),
     (VCluster, "container_engine"): (ContainerEngine, False),
+    (VCluster, "access"): (Access, False),
     (ContainerEngine, "hooks"): (ContainerHook, True),
 }
 

@@ -71,10 +71,11 @@ def slurm_cluster(site: Site, layout: Layout, vcluster: str, members: list[str])
     vc = site.vclusters[vcluster]
     local = site.spec.driver == "local"
     nodes_dir = layout.nodes_dir
+    groups = vc.access.groups if vc.access else ()  # every partition: the vCluster is theirs as a whole
     parts = []
     for p in vc.partitions:
         span = set(expand_nodes(p.nodes)) if p.nodes is not None else set(members)
-        parts.append(SlurmPartition(p.name, tuple(n for n in members if n in span), p.default, p.max_time))
+        parts.append(SlurmPartition(p.name, tuple(n for n in members if n in span), p.default, p.max_time, groups))
     return SlurmCluster(
         name=vcluster,
         source=str(site.path),

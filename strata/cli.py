@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import wraps
+
 import typer
 
 from iac import cli as iac_cli
@@ -17,7 +19,31 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def refuse_outsiders(command):
+    """Wrap `strata env VCLUSTER` (the IaC layer's command): one clear line, exit 2, for a caller the
+    vCluster's access groups leave out, instead of a SLURM_CONF whose munge socket refuses them."""
+    @wraps(command)
+    def guarded(vcluster: str, site: str, **kw):
+        from iac.site import SiteError, load_site
+        from services.slurm.access import refusal
+
+        try:
+            s = load_site(site)
+        except SiteError:
+            s = None  # the command itself reports it
+        if s is not None and vcluster in s.vclusters and (why := refusal(s, vcluster)):
+            typer.echo(f"error: {why}", err=True)
+            raise typer.Exit(2)
+        return command(vcluster=vcluster, site=site, **kw)
+    return guarded
+
+
 iac_cli.register(app)
+for _info in iac_cli.env_app.registered_commands:
+    if _info.name == "vcluster":
+        _info.callback = refuse_outsiders(_info.callback)
 services_cli.register(app)
 user_envs_cli.register(app, env_app=iac_cli.env_app)
 train_cli.register(app)

@@ -81,6 +81,11 @@ def register(app: typer.Typer) -> None:
         if vcluster not in s.vclusters:
             err.print(f"error: no vCluster {vcluster!r} in {site}; known: {', '.join(s.vclusters)}")
             raise typer.Exit(2)
+        from services.slurm.access import refusal
+
+        if why := refusal(s, vcluster):  # its munge socket would refuse sbatch too, less clearly
+            err.print(f"error: {why}", highlight=False)
+            raise typer.Exit(2)
         layout = Layout.of(s, state_root())
         try:  # before anything is written or submitted: a job that cannot fit would pend forever
             check_nodes(capacity_of(s, vcluster, layout.slurm_conf(vcluster)), vcluster, nodes, partition, site)

@@ -73,6 +73,16 @@ def _vcluster_of(site, vcluster: str | None) -> str:
     return vcluster
 
 
+def _refuse_outsiders(site, vc: str) -> None:
+    """Exit 2 with one line when the vCluster's access groups leave the caller out (munge would refuse too,
+    less clearly)."""
+    from services.slurm.access import refusal
+
+    if why := refusal(site, vc):
+        err.print(f"[red]error:[/] {why}", highlight=False)
+        raise typer.Exit(2)
+
+
 def _warn_if_closed(site, vc: str) -> None:
     """Say so when users other than root cannot run the interpreter the SPANK plugin execs for them."""
     from user_envs.install import closed_to_users, engine_python
@@ -121,6 +131,7 @@ def register(app: typer.Typer, env_app: typer.Typer) -> None:
 
         s = load_site(site)
         vc = _vcluster_of(s, vcluster)
+        _refuse_outsiders(s, vc)
         if "container-engine" not in s.vclusters[vc].vservices:
             err.print(f"[red]error:[/] vCluster {vc} does not offer the container-engine vService; "
                       f"add it to its vservices in {site}")

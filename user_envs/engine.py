@@ -1,12 +1,13 @@
 """The container engine: a resolved EDF + a command -> an OCI bundle run by `runc`, as the invoking user.
 
 Policy first, then the run: hooks the EDF enables must be offered by the vCluster; every mount source must
-lie under the vCluster's allowlist and outside the denied paths (munge, every vCluster's state); a registry
-image must first be imported into a SquashFS file. As root (as slurmstepd runs it), the engine runs runc
-rootful and the process in the container as the invoking user (`SLURM_JOB_UID` in a job, `SUDO_UID` under
-sudo, else our uid), with no capabilities and `noNewPrivileges`. As any other user it runs rootless, as
-enroot/Pyxis do: runc inside a user namespace of the caller's (`userns.py`), state (image cache, run dirs,
-runc's) in a directory of the caller's (`user_state`), the process as the caller, without capabilities.
+lie under the vCluster's allowlist and neither be, lie in nor contain a denied path (munge, every vCluster's
+state), symlinks and `..` resolved; a registry image must first be imported into a SquashFS file. As root
+(as slurmstepd runs it), the engine runs runc rootful and the process in the container as the invoking user
+(`SLURM_JOB_UID` in a job, `SUDO_UID` under sudo, else our uid), with no capabilities and `noNewPrivileges`.
+As any other user it runs rootless, as enroot/Pyxis do: runc inside a user namespace of the caller's
+(`userns.py`), state (image cache, run dirs, runc's) in a directory of the caller's (`user_state`), the
+process as the caller, without capabilities.
 """
 
 from __future__ import annotations
@@ -76,8 +77,35 @@ def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix.rstrip("/") + "/")
 
 
+def protects(path: str) -> str:
+    """What a denied path holds, for the refusal: the host's munge, or strata's state."""
+    if path in ALWAYS_DENIED:
+        return "the host's munge key and socket"
+    return "strata's state: every vCluster's munge key and socket, Slurm state, users' runs"
+
+
+def protected_overlap(src: str, denied: tuple[str, ...]) -> tuple[str, str] | None:
+    """How a resolved mount source meets the denied paths: ("is" | "lies in" | "contains", path), else None.
+
+    A source that *contains* a denied path exposes it as much as one inside it (`/srv` holds `/srv/strata`;
+    `/` holds everything). Each denied path counts as written and resolved (a denied symlink, `/var/run`).
+    The nearest is named: the path it is, else the deepest it lies in, else the shallowest it contains.
+    """
+    hits = []
+    for d in denied:
+        for p in dict.fromkeys((os.path.abspath(d), os.path.realpath(d))):
+            if src == p:
+                hits.append((0, 0, "is", d))
+            elif _under(src, p):
+                hits.append((1, -len(p), "lies in", d))
+            elif _under(p, src):
+                hits.append((2, len(p), "contains", d))
+    return min(hits)[2:] if hits else None
+
+
 def check_policy(env: ResolvedEdf, cfg: EngineConfig, offered: dict[str, dict]) -> None:
-    """Refuse hooks the vCluster does not offer and mounts outside its allowlist (or inside a denied path)."""
+    """Refuse hooks the vCluster does not offer and mounts outside its allowlist, or that are, lie in or
+    contain a denied path (symlinks and `..` resolved first: what runc binds is the resolved source)."""
     for name in hooks.requested_hooks(env.annotations):
         if name not in offered:
             raise EngineError(
@@ -85,13 +113,16 @@ def check_policy(env: ResolvedEdf, cfg: EngineConfig, offered: dict[str, dict]) 
                 f"the hook {name!r} (offered: {', '.join(sorted(offered)) or 'none'}); remove the annotation "
                 "or ask for the hook in the site file (container_engine.hooks)")
     for m in env.mounts:
-        src = os.path.realpath(m.src)  # a symlink must not lead around the allowlist
+        src = os.path.realpath(m.src)  # a symlink or `..` must not lead around the allowlist or the denied paths
         if not os.path.exists(src):
             raise EngineError(f"{env.chain[-1]}: mounts: {m}: the source {m.src} does not exist; create it or fix the path")
-        denied = next((d for d in cfg.denied if _under(src, os.path.realpath(d))), None)
-        if denied:
-            raise EngineError(f"{env.chain[-1]}: mounts: {m}: {src} lies in {denied}, which containers may never "
-                              "mount (munge keys and sockets, vCluster state); remove the mount")
+        if hit := protected_overlap(src, cfg.denied):
+            how, denied = hit
+            shown = src if src == m.src else f"{src} (resolved from {m.src})"
+            fix = (f"mount only what you need below {src}, none of it holding {denied}" if how == "contains"
+                   else "remove the mount")
+            raise EngineError(f"{env.chain[-1]}: mounts: {m}: {shown} {how} {denied} ({protects(denied)}), "
+                              f"which containers may never mount; {fix}")
         if not any(_under(src, os.path.realpath(a)) for a in cfg.mount_allowlist):
             raise EngineError(f"{env.chain[-1]}: mounts: {m}: {src} is outside the paths vCluster {cfg.vcluster} "
                               f"allows ({', '.join(cfg.mount_allowlist)}); mount something below them, or ask for "

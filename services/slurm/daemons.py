@@ -126,10 +126,17 @@ def _wait_pidfile(pidfile: Path, what: str, log: Path, timeout: float, *markers:
 
 @dataclass(frozen=True)
 class Munged:
-    """The munge daemon of one vCluster: its own key and socket."""
+    """The munge daemon of one vCluster: its own key and socket, reachable by root and `groups` only.
+
+    groups None: every local user may reach the socket (folder 0755). `site_file` and `groups_key` say where
+    the groups come from, in errors.
+    """
 
     dir: Path
     what: str
+    groups: tuple[str, ...] | None = None
+    site_file: str = ""
+    groups_key: str = "access.groups"
 
     @property
     def socket(self) -> Path:
@@ -147,10 +154,17 @@ class Munged:
         return owned_pid(self.pidfile, "munged", str(self.socket))
 
     def start(self) -> None:
+        """Start if not running; the socket's folder gets its access first, also when munged runs already."""
+        from services.slurm.access import group_ids, restrict_dir
+
+        where = (self.site_file, self.groups_key)
+        gids = group_ids(self.groups, *where) if self.groups is not None else None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # the folder is what decides who reaches the socket (munged makes the socket itself 0777); munged
+        # warns "Socket is inaccessible" when not every user may, and starts anyway (--force)
+        restrict_dir(self.dir, gids, *where)
         if self.pid():
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.dir.chmod(0o755)  # 700 gives clients "Socket is inaccessible"
         key = self.dir / "munge.key"
         if not key.exists():
             _run(["mungekey", "-c", "-k", str(key)], f"mungekey of {self.what}")

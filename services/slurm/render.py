@@ -40,6 +40,7 @@ class SlurmPartition:
     nodes: tuple[str, ...]
     default: bool = False
     max_time: str = "INFINITE"
+    allow_groups: tuple[str, ...] = ()  # AllowGroups=; () leaves the key out (Slurm: ALL)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _header(c: SlurmCluster, what: str) -> str:
 
 def _sorted(c: SlurmCluster) -> SlurmCluster:
     parts = tuple(
-        SlurmPartition(p.name, tuple(sorted(p.nodes)), p.default, p.max_time)
+        SlurmPartition(p.name, tuple(sorted(p.nodes)), p.default, p.max_time, tuple(sorted(p.allow_groups)))
         for p in sorted(c.partitions, key=lambda p: p.name)
     )
     return SlurmCluster(**{**c.__dict__, "nodes": tuple(sorted(c.nodes, key=lambda n: n.name)), "partitions": parts})

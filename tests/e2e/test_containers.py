@@ -139,7 +139,9 @@ def test_canonical_cscs_ml_edf_runs_with_a_local_image(cs):
 @pytest.mark.parametrize("mounts,annotations,image,why", [
     (["/etc/munge:/m"], "", None, "containers may never mount"),
     (["{state}/vclusters/beta/munge:/m"], "", None, "containers may never mount"),
-    (["/var:/v"], "", None, "is outside the paths vCluster alpha allows"),
+    (["{state}/..:/m"], "", None, "contains"),  # the state dir's parent holds every vCluster's munge key
+    (["/var:/v"], "", None, "contains /var/lib/munge"),
+    (["/usr:/u"], "", None, "is outside the paths vCluster alpha allows"),
     ([], 'com.hooks.cxi.enabled = "true"', None, "does not offer the hook 'cxi'"),
     ([], "", "nvcr.io#nvidia/pytorch:24.01-py3", "registry image"),
 ])
@@ -265,7 +267,8 @@ def test_rootless_runs_as_the_caller_with_their_files_and_allowlisted_binds(cs):
 @pytest.mark.parametrize("mount,why", [
     ("/etc/munge:/m", "containers may never mount"),
     ("{state}/vclusters/beta/munge:/m", "containers may never mount"),
-    ("/var:/v", "is outside the paths vCluster alpha allows"),
+    ("{state}/..:/m", "contains"),
+    ("/usr:/u", "is outside the paths vCluster alpha allows"),
 ])
 def test_rootless_policy_is_the_same(cs, mount, why):
     require_userns()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,82 @@ def test_policy_refuses_mounts_outside_the_allowlist_or_inside_denied_paths(tmp_
     (tmp_path / "okfoo").mkdir()  # an allowlisted path is a directory, not a string prefix
     with pytest.raises(EngineError, match="outside the paths"):
         check_policy(edf(mounts=(Mount(str(tmp_path / "okfoo"), "/x"),)), cfg(tmp_path, allow=(str(tmp_path / "ok"),)), {})
+
+
+@pytest.fixture
+def state_under_srv(tmp_path):
+    """STRATA_STATE=<tmp>/srv/strata with site `local`: another vCluster's munge key inside it; the allowlist
+    is the whole tmp dir, so that only the protected paths stand between a mount and the key."""
+    root = tmp_path / "srv" / "strata" / "local"
+    (root / "vclusters" / "bristen" / "munge").mkdir(parents=True)
+    (root / "vclusters" / "bristen" / "munge" / "munge.key").write_bytes(b"secret")
+    (tmp_path / "srv" / "data").mkdir()
+    (tmp_path / "srv" / "strat").mkdir()  # a string prefix of `strata`, not a parent of it
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "up").symlink_to(tmp_path / "srv")  # a link to a parent of the state dir
+    (tmp_path / "ok" / "state").symlink_to(root)  # a link inside an allowed dir to the state dir
+    c = EngineConfig(vcluster="clariden", mount_allowlist=(str(tmp_path),),
+                     denied=("/etc/munge", str(tmp_path / "srv" / "strata"), str(root)),
+                     hooks_dir=tmp_path, cache=tmp_path, runs=tmp_path, runc_root=tmp_path)
+    return tmp_path, root, c
+
+
+@pytest.mark.parametrize("src,how", [
+    ("srv/strata/local", "is"),
+    ("srv/strata/local/vclusters/bristen/munge", "lies in"),
+    ("srv/strata/local/vclusters/bristen/munge/munge.key", "lies in"),
+    ("srv", "contains"),
+    ("srv/strata", "is"),
+    (".", "contains"),
+    ("ok/up", "contains"),
+    ("ok/state", "is"),
+    ("ok/state/vclusters", "lies in"),
+    ("ok/../srv", "contains"),
+    ("srv/data/../strata/local/vclusters", "lies in"),
+], ids=["is", "inside", "inside-file", "contains", "contains-state-root", "contains-allowlisted-root",
+        "symlink-to-parent", "symlink-to-state", "through-symlink", "dotdot-to-parent", "dotdot-inside"])
+def test_policy_refuses_a_source_that_is_contains_or_lies_in_a_protected_path(state_under_srv, src, how):
+    tmp, root, c = state_under_srv
+    written = f"{tmp}/{src}"
+    with pytest.raises(EngineError) as e:
+        check_policy(edf(mounts=(Mount(written, "/x"),)), c, {})
+    msg = str(e.value)
+    assert msg.startswith(f"/edf/t.toml: mounts: {written}:/x: {os.path.realpath(written)}")
+    assert f" {how} {tmp}/srv/strata" in msg and "containers may never mount" in msg, msg
+    assert "munge key and socket" in msg  # what it protects
+    if os.path.realpath(written) != written:
+        assert f"(resolved from {written})" in msg
+    assert ("mount only what you need below" in msg) if how == "contains" else ("remove the mount" in msg)
+
+
+def test_policy_allows_siblings_of_protected_paths(state_under_srv):
+    tmp, root, c = state_under_srv
+    for src in ("srv/data", "srv/strat", "ok"):
+        check_policy(edf(mounts=(Mount(f"{tmp}/{src}", "/x"),)), c, {})
+
+
+def test_policy_refuses_root_and_parents_of_the_hosts_munge_dir(tmp_path):
+    c = EngineConfig(vcluster="alpha", mount_allowlist=("/",), denied=("/etc/munge", "/var/lib/munge"),
+                     hooks_dir=tmp_path, cache=tmp_path, runs=tmp_path, runc_root=tmp_path)
+    for src, protected in (("/", "/etc/munge"), ("/etc", "/etc/munge"), ("/var/lib", "/var/lib/munge")):
+        with pytest.raises(EngineError, match=f"{src} contains {protected} \\(the host's munge key and socket\\)"):
+            check_policy(edf(mounts=(Mount(src, "/x"),)), c, {})
+    check_policy(edf(mounts=(Mount("/usr", "/x"),)), c, {})
+
+
+def test_engine_config_protects_the_state_dir_from_a_mount_of_its_parent(tmp_path):
+    """The issue's case: STRATA_STATE=/srv/strata, `mounts = ["/srv:/srv"]`, /srv allowlisted."""
+    from services.layout import Layout
+    from user_envs.install import engine_config
+
+    data = site_with({"mount_allowlist": [str(tmp_path / "srv")]})
+    site = parse_site(data, "f.yaml")
+    layout = Layout.of(site, tmp_path / "srv" / "strata")
+    (layout.root / "vclusters").mkdir(parents=True)
+    c = engine_config(site, layout, "v")
+    with pytest.raises(EngineError, match=f"{tmp_path}/srv contains {layout.root} \\(strata's state: every "
+                                          "vCluster's munge key and socket"):
+        check_policy(edf(mounts=(Mount(str(tmp_path / "srv"), "/srv"),)), c, {})
 
 
 def test_container_env_is_the_callers_with_the_edf_on_top():
