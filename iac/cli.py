@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import typer
-from typer.core import TyperGroup
 from rich.table import Table
 from rich.text import Text
 
@@ -108,30 +107,18 @@ def register(app: typer.Typer) -> None:
             t.add_row("" if i else "(free pool)", "", "", n["node"], note, "", "stopped")
         console.print(t)
 
-    @env_app.command("vcluster", hidden=True)
+    @app.command()
     @handle_errors
-    def env(vcluster: str, site: str = site_option()):
+    def env(vcluster: str = typer.Argument(..., help="vCluster whose Slurm plain sinfo/sbatch/srun should use."),
+            site: str = site_option()):
         """Print `export SLURM_CONF=…` so that plain sinfo/sbatch/srun talk to VCLUSTER."""
+        from services.slurm.access import refusal
 
         s = load_site(site)
         if vcluster not in s.vclusters:
             err.print(f"[red]error:[/] no vCluster {vcluster!r} in {site}; known: {', '.join(s.vclusters)}")
             raise typer.Exit(2)
+        if why := refusal(s, vcluster):  # its munge socket would refuse them later, less clearly
+            err.print(f"error: {why}", highlight=False, markup=False)
+            raise typer.Exit(2)
         print(f"export SLURM_CONF={Layout.of(s, state_root()).slurm_conf(vcluster)}")
-
-    app.add_typer(env_app, name="env")
-
-
-class _EnvGroup(TyperGroup):
-    """`strata env VCLUSTER` (no subcommand) keeps meaning `strata env vcluster VCLUSTER`."""
-
-    def parse_args(self, ctx, args):
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
-            args = ["vcluster", *args]
-        return super().parse_args(ctx, args)
-
-
-# `strata env VCLUSTER` prints SLURM_CONF; other layers add subcommands (user_envs: `strata env show NAME`).
-env_app = typer.Typer(cls=_EnvGroup, no_args_is_help=True,
-                      help="`strata env VCLUSTER`: print `export SLURM_CONF=…` for VCLUSTER; "
-                           "`strata env show NAME`: the resolved EDF NAME.")

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import errno
 from functools import wraps
-from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from services.layout import state_root
+from services.layout import EMBEDDED_SITE, state_root
 from iac.site import SiteError, load_site
 
 console = Console(emoji=False)  # external text (Slurm's NtasksPerN:B:S:C) is not emoji codes
 err = Console(stderr=True, soft_wrap=True, emoji=False)
-# the embedded local site, found from the installed code: `cd / && strata status` works too
-DEFAULT_SITE = str(Path(__file__).resolve().parents[1] / "sites" / "local.yaml")
+DEFAULT_SITE = EMBEDDED_SITE
 
 
 def site_option() -> str:

@@ -75,8 +75,15 @@ class SiteOps:
         """Turn a failed Slurm call into the daemon that is down, when one is (else the error as it is)."""
         try:
             yield
-        except (SlurmError, DaemonError) as e:
+        except SlurmError as e:  # a client call failed: the daemon that is down says why better than Slurm
             down = self.down_daemons(names)
+            if down:
+                raise DaemonError("\n".join(down)) from None
+            raise e
+        except DaemonError as e:
+            # a daemon that failed to start says why itself (a port in use, …); only a munged that is down
+            # or hung is the better culprit, of a controller "not answering"
+            down = [d for d in self.down_daemons(names) if d.startswith("munged")]
             if down:
                 raise DaemonError("\n".join(down)) from None
             raise e

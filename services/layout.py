@@ -19,6 +19,8 @@ from pathlib import Path
 from iac.site import Site
 
 DEFAULT_STATE = "/var/lib/strata"
+# the embedded local site, found from the installed code (so `cd / && strata status` works too)
+EMBEDDED_SITE = str(Path(__file__).resolve().parents[1] / "sites" / "local.yaml")
 PORT_SPAN = 500  # ports one site may use: vCluster controllers first, then one per node
 NODE_PORT_OFFSET = 50
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from functools import wraps
+import os
+import sys
 
 import typer
 
@@ -21,38 +22,30 @@ app = typer.Typer(
 )
 
 
-def refuse_outsiders(command):
-    """Wrap `strata env VCLUSTER` (the IaC layer's command): one clear line, exit 2, for a caller the
-    vCluster's access groups leave out, instead of a SLURM_CONF whose munge socket refuses them."""
-    @wraps(command)
-    def guarded(vcluster: str, site: str, **kw):
-        from iac.site import SiteError, load_site
-        from services.slurm.access import refusal
-
-        try:
-            s = load_site(site)
-        except SiteError:
-            s = None  # the command itself reports it
-        if s is not None and vcluster in s.vclusters and (why := refusal(s, vcluster)):
-            typer.echo(f"error: {why}", err=True)
-            raise typer.Exit(2)
-        return command(vcluster=vcluster, site=site, **kw)
-    return guarded
+@app.callback()
+def options(site: str = typer.Option(None, "--site", help="Site file for every command (as STRATA_SITE); "
+                                     "default: the embedded local site.", show_default=False)):
+    """Global options may come before the command too: `strata --site X plan` is `strata plan --site X`."""
+    if site is not None:
+        os.environ["STRATA_SITE"] = site  # what each command's own --site falls back to; theirs still wins
 
 
 iac_cli.register(app)
-for _info in iac_cli.env_app.registered_commands:
-    if _info.name == "vcluster":
-        _info.callback = refuse_outsiders(_info.callback)
 services_cli.register(app)
-user_envs_cli.register(app, env_app=iac_cli.env_app)
+user_envs_cli.register(app)
 train_cli.register(app)
 app.command("tokenize", help="Tokenize Parquet/JSONL shards into Megatron .bin/.idx.")(tokenize_command)
 app.add_typer(trainer_app, name="trainer", help="The bundled trainer run here: train, plot, export-hf.")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except OSError as e:  # the last guard: a command without its own handling still gets one line
+        from iac.cli_common import os_error_line
+
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

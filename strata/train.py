@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -23,8 +24,8 @@ from iac.site import load_site
 from strata.train_checks import TrainRequestError, capacity_of, check_nodes
 
 REPO = Path(__file__).resolve().parent.parent
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+console = Console(emoji=False)  # Slurm writes ":B:" in NtasksPerN:B:S:C, which rich would draw as an emoji
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def job_state(env: dict, job: str) -> dict[str, str]:
@@ -32,14 +33,27 @@ def job_state(env: dict, job: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
 
 
-def summarize(metrics: Path) -> str:
-    """First and last loss, tokens/s of the last step."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    if not rows:
-        return "no metrics written"
-    first, last = rows[0], rows[-1]
-    return (f"steps {first['step']}..{last['step']}: loss {first['loss']:.3f} -> {last['loss']:.3f}, "
-            f"{last.get('tokens_per_s', 0):,.0f} tokens/s")
+def read_steps(metrics: Path) -> list[dict]:
+    """The per-step rows of a run's metrics.jsonl (none yet: empty)."""
+    try:
+        text = metrics.read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def summarize(rows: list[dict], after: int) -> str:
+    """What one job did: the steps past `after` (where the run stood when it was submitted), their loss
+    and median tokens/s (the last step's alone is noise)."""
+    mine = [r for r in rows if r["step"] > after]
+    if not mine:
+        return (f"trained no step: the run was already at step {after} (a job resumes its run dir); "
+                "pass --training.max_steps=N to go further, or a new --run-dir for a fresh run")
+    first, last = mine[0], mine[-1]
+    tps = statistics.median(r.get("tokens_per_s", 0.0) for r in mine)
+    resumed = f" (resumed at step {after})" if after else ""
+    return (f"trained steps {first['step']}..{last['step']}{resumed}: loss {first['loss']:.3f} -> "
+            f"{last['loss']:.3f}, median {tps:,.0f} tokens/s over {len(mine)} steps")
 
 
 def container_path(mounts, host: Path) -> str | None:
@@ -125,6 +139,8 @@ def register(app: typer.Typer) -> None:
         )
         (run_dir / "job.sbatch").write_text(script)
         env = {**os.environ, "SLURM_CONF": str(layout.slurm_conf(vcluster))}
+        metrics = run_dir / "metrics.jsonl"
+        before = max((r["step"] for r in read_steps(metrics)), default=0)  # a job resumes its run dir
         r = subprocess.run(["sbatch", "--parsable"], input=script, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             err.print(f"error: sbatch on {vcluster} failed: {r.stderr.strip()} (is the site up? `strata up`)")
@@ -141,9 +157,8 @@ def register(app: typer.Typer) -> None:
                 if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
                     break
                 time.sleep(1)
-        metrics = run_dir / "metrics.jsonl"
-        console.print(f"job {job}: {state}, exit {info.get('ExitCode')}; "
-                      + (summarize(metrics) if metrics.exists() else "no metrics"))
+        console.print(f"job {job}: {state}, exit {info.get('ExitCode')}; {summarize(read_steps(metrics), before)}",
+                      highlight=False, markup=False)
         if state != "COMPLETED":
             log = sorted(run_dir.glob(f"slurm-{job}.out"))
             if log:

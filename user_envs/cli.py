@@ -1,6 +1,6 @@
 """`strata run|vservices|engine install|env show`: the user-environment layer's commands.
 
-Mounted by the composition root (strata/cli.py): `user_envs.cli.register(app, env_app=iac.cli.env_app)`.
+Mounted by the composition root (strata/cli.py): `user_envs.cli.register(app)`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import typer
 
 from rich.console import Console
 
-from services.layout import Layout, state_root
+from services.layout import EMBEDDED_SITE, Layout, state_root
 from iac.site import SiteError, load_site
 
 HOW_TO_REACH = {
@@ -26,12 +26,13 @@ HOW_TO_REACH = {
 }
 
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+console = Console(emoji=False)  # EDF and Slurm text is printed verbatim
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def site_option() -> str:
-    return typer.Option("sites/local.yaml", "--site", help="Site file.", envvar="STRATA_SITE")
+    return typer.Option(EMBEDDED_SITE, "--site", help="Site file (default: the embedded local site).",
+                        envvar="STRATA_SITE", show_default=False)
 
 
 def user_errors(fn):
@@ -106,10 +107,11 @@ def install_engine(site_path: str, vclusters: list[str]) -> dict[str, int]:
     return run.changed if run else {}
 
 
-def register(app: typer.Typer, env_app: typer.Typer) -> None:
-    """Mount the user-environment commands on the root app (and `show` on `strata env`)."""
+def register(app: typer.Typer) -> None:
+    """Mount the user-environment commands on the root app (EDFs under `strata edf`)."""
+    edf_app = typer.Typer(no_args_is_help=True, help="EDFs (Environment Definition Files): `strata edf show NAME`.")
 
-    @env_app.command("show")
+    @edf_app.command("show")
     @user_errors
     def show(name: str = typer.Argument(..., help="EDF name (EDF_PATH, then ~/.edf) or path.")):
         """Print the fully resolved EDF NAME (bases merged, variables expanded)."""
@@ -200,3 +202,4 @@ def register(app: typer.Typer, env_app: typer.Typer) -> None:
                   highlight=False)
 
     app.add_typer(engine_app, name="engine")
+    app.add_typer(edf_app, name="edf")

@@ -132,7 +132,7 @@ def test_canonical_cscs_ml_edf_runs_with_a_local_image(cs):
     assert r.stdout.split("\n")[:4] == ["/capstor/scratch/cscs/alice", "libz.so.1",
                                         "/opt/strata/hooks/aws_ofi_nccl/lib", "/opt/strata/hooks/aws_ofi_nccl/lib"]
     assert (scratch / "out").exists()
-    shown = cs.cli("env", "show", "pytorch", site=False, USER="alice")
+    shown = cs.cli("edf", "show", "pytorch", site=False, USER="alice")
     assert shown.returncode == 0 and '"com.hooks.aws_ofi_nccl.variant" = "cuda12"' in shown.stdout
 
 
