@@ -13,12 +13,15 @@ Every variant starts a busybox image and runs `true`, so the figures are start +
                 forked child enters a user + mount namespace, mounts the overlay there, execs runc
   user_envs.run the lean CLI the SPANK plugin execs (a fresh Python: imports + EDF resolve + engine)
   strata run    the full CLI (typer, site file)           [only with --cli]
-Prints medians in ms and the ratio engine / runc (aim: <= 1.2).
+The root variants run interleaved (each round starts every one of them once, the order rotated each round),
+the rootless pair likewise in its own phase. Prints median, IQR and min-max in ms, and the ratio to the floor
+(runc; rootless runc for the rootless rows) as median [min-max] of the per-round ratios (aim: engine <= 1.2).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -142,13 +145,27 @@ def main() -> None:
             n[0] += 1
             subprocess.run(["runc", "--root", str(cfg.runc_root), "run", "--bundle", str(bare), f"bare{n[0]}"], check=True)
 
-        results = {}
+        # the same engine with the always-on GPU hook installed, in its own hooks dir
+        cfg_gpu = dataclasses.replace(cfg, hooks_dir=tmp / "hooks-gpu.d")
+        cfg_gpu.hooks_dir.mkdir()
+        (cfg_gpu.hooks_dir / "gpu.json").write_text(json.dumps(hooks.gpu_hook_definition()))
+        lean = [sys.executable, "-m", "user_envs.run", "--config", str(cfg_path), "--environment", "bb", "--", "true"]
+        variants = {
+            "runc": runc_bare,
+            "engine": lambda: engine.run(env, ["true"], cfg, environ),
+            "engine+gpu": lambda: engine.run(env, ["true"], cfg_gpu, environ),
+            "user_envs.run": lambda: subprocess.run(lean, check=True, env=environ, cwd=REPO),
+        }
         for _ in range(3):
             runc_bare()  # warm the page cache and runc's binary
-        results["runc"], results["engine"] = [], []
-        for _ in range(a.runs):  # interleaved: the machine's load drifts (2 shared cores)
-            results["runc"] += timed(runc_bare, 1)
-            results["engine"] += timed(lambda: engine.run(env, ["true"], cfg, environ), 1)
+        # Interleaved: each round starts every variant once, the order rotated each round, since the
+        # machine's load drifts (2 shared cores); ratios are taken per round against that round's runc.
+        results: dict[str, list[float]] = {k: [] for k in variants}
+        for rnd in range(a.runs):
+            names = list(variants)[rnd % len(variants):] + list(variants)[:rnd % len(variants)]
+            for name in names:
+                results[name] += timed(variants[name], 1)
+        bundle.release(bare)
         if subprocess.run([*USER_1000, "true"], capture_output=True).returncode == 0:
             child = subprocess.run([*USER_1000, sys.executable, __file__, "--runs", str(a.runs), "--rootless-child",
                                     str(cfg_path), str(edf_dir), str(tmp / "user1000")],
@@ -156,22 +173,27 @@ def main() -> None:
             results.update(json.loads(child.stdout))
         else:
             print("engine rootless: skipped, `unshare --user` fails here", file=sys.stderr)
-        (cfg.hooks_dir / "gpu.json").write_text(json.dumps(hooks.gpu_hook_definition()))
-        results["engine+gpu"] = timed(lambda: engine.run(env, ["true"], cfg, environ), a.runs)
-        (cfg.hooks_dir / "gpu.json").unlink()
-        bundle.release(bare)
-        lean = [sys.executable, "-m", "user_envs.run", "--config", str(cfg_path), "--environment", "bb", "--", "true"]
-        results["user_envs.run"] = timed(lambda: subprocess.run(lean, check=True, env=environ, cwd=REPO),
-                                         max(5, a.runs // 2))
         if a.cli:
             py = [sys.executable, "-c", "import strata.cli, user_envs.cli"]
             results["python import of the CLI"] = timed(lambda: subprocess.run(py, check=True, cwd=REPO), 5)
+        # The rootless pair runs in its own phase (a child in a user namespace), interleaved with each
+        # other: its per-round ratios are to the rootless runc; "x runc" is median / median of root runc.
+        floor = {k: "runc rootless" if "rootless" in k else "runc" for k in results}
         base = statistics.median(results["runc"])
-        print(f"{'variant':26} {'median ms':>10} {'min ms':>8} {'x runc':>7}")
+        print(f"{a.runs} rounds, variants interleaved; per round: median [min-max] of the ratios to the floor "
+              "started in the same round (root runc; rootless runc for the rootless rows)")
+        print(f"{'variant':26} {'median ms':>10} {'IQR ms':>13} {'min-max ms':>13} {'x runc':>7} {'per round':>30}")
         for k, v in results.items():
-            med = statistics.median(v)
-            print(f"{k:26} {med:10.1f} {min(v):8.1f} {med / base:7.2f}")
+            q1, med, q3 = statistics.quantiles(v, n=4, method="inclusive")
+            per_round = "-"
+            if k != floor[k] and len(v) == len(results[floor[k]]):
+                r = [x / f for x, f in zip(v, results[floor[k]])]
+                per_round = f"{statistics.median(r):.2f} [{min(r):.2f}-{max(r):.2f}] x {floor[k]}"
+            print(f"{k:26} {med:10.1f} {f'{q1:.1f}-{q3:.1f}':>13} {f'{min(v):.1f}-{max(v):.1f}':>13} "
+                  f"{med / base:7.2f} {per_round:>30}")
     finally:
+        if (tmp / "bare").exists():  # stopped early: unmount the bare bundle before removing the tree
+            bundle.release(tmp / "bare")
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -8,10 +8,11 @@ on the other, `bench/baseline_move.sh` does the same raw steps by hand (scontrol
 started, stopped and reloaded by pid). For 1 and 4 nodes, each repetition moves the nodes alpha -> beta
 and back, interleaving strata and the baseline (ABBA order) so that other load falls on both alike.
 
-Printed: the wall time of a move (median, min) and the ratio strata/baseline; where strata's time goes, per
-step (from the site's `journal.jsonl`) and inside the steps (controller restarts, the Ansible playbook, its
-start-up and tasks from ansible-runner's job events); the baseline's own steps; and the floor of one
-ansible-runner run (an empty playbook, one command task, one raw task) on this machine.
+Printed: the wall time of a move (median, min-max) and the ratio strata/baseline (median, min-max over
+the back-to-back pairs); where strata's time goes, per step (from the site's `journal.jsonl`) and inside
+the steps (controller restarts, the Ansible playbook, its start-up and tasks from ansible-runner's job
+events); the baseline's own steps; and the floor of one ansible-runner run (an empty playbook, one command
+task, one raw task) on this machine.
 Everything is torn down at the end, also on failure or Ctrl-C: `SiteOps.down(purge=True)` on both sites,
 after the baseline's daemons are stopped by pid.
 """
@@ -288,11 +289,14 @@ def _row_order(key: str) -> tuple[int, int]:
 def report(walls, ours_steps, base_steps, floor, load) -> None:
     print(f"\nload average (1 min) before/after: {load[0]:.2f} / {load[1]:.2f} on {os.cpu_count()} CPUs")
     print("\nmove wall time, seconds (each sample: one apply / one script run; alpha->beta and back)")
-    print(f"{'nodes':>5}  {'n':>2}  {'strata med':>10}  {'min':>6}  {'baseline med':>12}  {'min':>6}  {'ratio':>6}")
+    print("ratio: median [min-max] of strata / baseline over the back-to-back pairs (one move of each)")
+    print(f"{'nodes':>5}  {'n':>2}  {'strata med':>10}  {'min-max':>11}  {'baseline med':>12}  {'min-max':>11}"
+          f"  {'ratio':>17}")
     for k in sorted({k for _, k in walls}):
         o, b = walls[("strata", k)], walls[("baseline", k)]
-        print(f"{k:>5}  {len(o):>2}  {med(o):>10.2f}  {min(o):>6.2f}  {med(b):>12.2f}  {min(b):>6.2f}"
-              f"  {med(o) / med(b):>5.1f}x")
+        pairs = [x / y for x, y in zip(o, b, strict=True)]  # appended pair by pair, in ABBA order
+        print(f"{k:>5}  {len(o):>2}  {med(o):>10.2f}  {f'{min(o):.2f}-{max(o):.2f}':>11}  {med(b):>12.2f}"
+              f"  {f'{min(b):.2f}-{max(b):.2f}':>11}  {f'{med(pairs):.1f}x [{min(pairs):.1f}-{max(pairs):.1f}]':>17}")
 
     ks = sorted({k for _, k in walls})
     print("\nwhere the time goes, seconds (medians; 'step: x' rows are inside that step)")
@@ -312,7 +316,7 @@ def report(walls, ours_steps, base_steps, floor, load) -> None:
     if floor:
         print("\nAnsible floor on this machine, seconds (ansible_connection=local, 16 forks like our runner)")
         for what, xs in floor.items():
-            print(f"{what:<{width}}{med(xs):>12.3f}  (min {min(xs):.3f}, n={len(xs)})")
+            print(f"{what:<{width}}{med(xs):>12.3f}  (min-max {min(xs):.3f}-{max(xs):.3f}, n={len(xs)})")
 
 
 # ---- main -----------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Tokenization throughput: our pipeline against a Megatron-style baseline on the same JSONL input.
 
-    .venv/bin/python bench/bench_tokenize.py [--mb 8] [--workers 1] [--repeat 2] [--rare 0.1]
+    .venv/bin/python bench/bench_tokenize.py [--mb 8] [--workers 1] [--rounds 5] [--rare 0 0.02 0.1]
 
 Baseline = what Megatron-LM's tools/preprocess_data.py does: a `multiprocessing.Pool` (fork) maps
 `json.loads` + `tokenizer.encode` over the file one line at a time (imap, chunksize 32), sends each
@@ -9,8 +9,13 @@ document's ids back as a Python list, and the parent writes every document on it
 Arrow JSON parsing in the worker, one numpy array per batch. Same tokenizer (the bundled 8k BPE), same
 input, one tokenizer thread per process in both, and the two outputs must be byte-identical.
 
-Reported per pipeline: tokens/s (wall), tokens/s per worker (wall / workers, the usual "per core"),
-and tokens per CPU-second of all its processes (parent included) — the strictest per-core figure.
+One input per `--rare` value (the sample text with that fraction of words made up). Each round runs both
+pipelines once on every input, back to back, in alternating order (A,B then B,A), so that other load on
+the machine falls on both alike; each round gives one ratio ours / baseline per input.
+
+Reported per input: tokens per CPU-second of all the pipeline's processes (parent included; the strictest
+per-core figure) and tokens/s per worker (wall / workers, the usual "per core"), medians over the rounds,
+and the ratios as median [min-max] of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -75,19 +81,17 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def measure(fn, jsonl: Path, prefix: Path, workers: int, repeat: int) -> dict:
-    """Best of `repeat` runs (least disturbed by other load on the machine)."""
-    best = None
-    for _ in range(repeat):
-        cpu0, t0 = cpu_seconds(), time.perf_counter()
-        tokens = fn(jsonl, prefix, workers)
-        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-        if best is None or wall < best["wall"]:
-            best = {"tokens": tokens, "wall": wall, "cpu": cpu}
-    best["tok_s"] = best["tokens"] / best["wall"]
-    best["tok_s_worker"] = best["tok_s"] / workers
-    best["tok_cpu_s"] = best["tokens"] / best["cpu"]
-    return best
+def run_once(fn, jsonl: Path, prefix: Path, workers: int) -> dict:
+    """One run of a pipeline: tokens, wall seconds and CPU seconds of all its processes (parent included)."""
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    tokens = fn(jsonl, prefix, workers)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    return {"tokens": tokens, "tok_s_worker": tokens / wall / workers, "tok_cpu_s": tokens / cpu}
+
+
+def spread(xs: list[float], fmt: str = ".2f") -> str:
+    """median [min-max] of the samples: the figure and how far the rounds moved."""
+    return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}-{max(xs):{fmt}}]"
 
 
 def write_input(path: Path, mb: float, rare: float) -> None:
@@ -110,35 +114,52 @@ def write_input(path: Path, mb: float, rare: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=float, default=8.0, help="size of the generated JSONL input")
+    parser.add_argument("--mb", type=float, default=8.0, help="size of each generated JSONL input")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--rare", type=float, default=0.0, help="fraction of words made up (long tail)")
+    parser.add_argument("--rounds", "--repeat", type=int, default=5,
+                        help="rounds; each runs both pipelines once on every input")
+    parser.add_argument("--rare", type=float, nargs="+", default=[0.0, 0.02, 0.1],
+                        help="fractions of words made up (long tail): one input, one row, per value")
     args = parser.parse_args(argv)
+    pipelines = {"base": run_baseline, "ours": run_ours}
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:
         tmp = Path(tmp)
-        jsonl = tmp / "input.jsonl"
-        write_input(jsonl, args.mb, args.rare)
-        size_mb = jsonl.stat().st_size / 1e6
-        base = measure(run_baseline, jsonl, tmp / "base", args.workers, args.repeat)
-        ours = measure(run_ours, jsonl, tmp / "ours", args.workers, args.repeat)
-        for ext in (".bin", ".idx"):
-            same = (tmp / f"base{ext}").read_bytes() == (tmp / f"ours{ext}").read_bytes()
-            assert same, f"outputs differ ({ext}): the comparison would be meaningless"
-    print(
-        f"input: {size_mb:.1f} MB JSONL ({args.rare:.0%} made-up words), {ours['tokens']:,} tokens, "
-        f"workers={args.workers}, best of {args.repeat}; outputs byte-identical"
-    )
-    print(f"{'pipeline':<26}{'tok/s':>12}{'tok/s/worker':>15}{'tok/CPU-s':>12}{'wall s':>9}{'CPU s':>8}")
-    for name, r in (("megatron-style baseline", base), ("strata tokenize", ours)):
-        print(
-            f"{name:<26}{r['tok_s']:>12,.0f}{r['tok_s_worker']:>15,.0f}{r['tok_cpu_s']:>12,.0f}"
-            f"{r['wall']:>9.2f}{r['cpu']:>8.2f}"
-        )
-    print(
-        f"{'ratio (ours / baseline)':<26}{ours['tok_s'] / base['tok_s']:>12.2f}"
-        f"{ours['tok_s_worker'] / base['tok_s_worker']:>15.2f}{ours['tok_cpu_s'] / base['tok_cpu_s']:>12.2f}"
-    )
+        inputs = {}
+        for rare in args.rare:
+            inputs[rare] = tmp / f"input-{rare}.jsonl"
+            write_input(inputs[rare], args.mb, rare)
+        runs: dict[tuple[float, str], list[dict]] = {(rare, name): [] for rare in args.rare for name in pipelines}
+        # Interleaved: every round runs both pipelines on every input, back to back, the order swapped
+        # each time (A,B then B,A), so that the load of a shared machine falls on both alike.
+        for rnd in range(args.rounds):
+            for i, (rare, jsonl) in enumerate(inputs.items()):
+                order = list(pipelines) if (rnd + i) % 2 == 0 else list(pipelines)[::-1]
+                for name in order:
+                    runs[(rare, name)].append(run_once(pipelines[name], jsonl, tmp / name, args.workers))
+                for ext in (".bin", ".idx"):
+                    same = (tmp / f"base{ext}").read_bytes() == (tmp / f"ours{ext}").read_bytes()
+                    assert same, f"outputs differ ({ext}, {rare:.0%} made-up words): the comparison would be meaningless"
+                print(f"round {rnd + 1}/{args.rounds}  {rare:>4.0%} made-up words  ratio per CPU-s "
+                      f"{runs[(rare, 'ours')][-1]['tok_cpu_s'] / runs[(rare, 'base')][-1]['tok_cpu_s']:.2f}",
+                      file=sys.stderr, flush=True)
+        sizes = {rare: p.stat().st_size / 1e6 for rare, p in inputs.items()}
+    load.append(os.getloadavg()[0])
+
+    print(f"{len(inputs)} inputs of {args.mb:g} MB JSONL, workers={args.workers}, {args.rounds} rounds "
+          "(both pipelines on every input each round, order alternated); outputs byte-identical in every round")
+    print("per-pipeline figures: median over the rounds; ratios: median [min-max] of the per-round ratios")
+    print(f"{'made-up words':<14}{'tokens':>11}{'base tok/CPU-s':>16}{'ours tok/CPU-s':>16}"
+          f"{'ratio per CPU-s':>20}{'base tok/s/worker':>19}{'ours tok/s/worker':>19}{'ratio wall':>20}")
+    for rare in inputs:
+        base, ours = runs[(rare, "base")], runs[(rare, "ours")]
+        med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+        ratio = lambda k: [o[k] / b[k] for o, b in zip(ours, base, strict=True)]  # noqa: E731
+        print(f"{rare:<14.0%}{ours[0]['tokens']:>11,}{med(base, 'tok_cpu_s'):>16,.0f}{med(ours, 'tok_cpu_s'):>16,.0f}"
+              f"{spread(ratio('tok_cpu_s')):>20}{med(base, 'tok_s_worker'):>19,.0f}{med(ours, 'tok_s_worker'):>19,.0f}"
+              f"{spread(ratio('tok_s_worker')):>20}")
+    print(f"input sizes: {', '.join(f'{s:.1f} MB' for s in sizes.values())}; "
+          f"load average (1 min) before/after: {load[0]:.2f} / {load[1]:.2f} on {os.cpu_count()} CPUs")
     return 0
 
 

@@ -1,21 +1,23 @@
 """Training-step throughput: our Trainer step against a minimal plain-torch loop of the same model shape.
 
-    .venv/bin/python bench/bench_train_step.py [--reps 6] [--steps 4] [--seq-len 128] [--batch 8]
+    .venv/bin/python bench/bench_train_step.py [--reps 8] [--steps 4] [--threads N] [--seq-len 128] [--batch 8]
 
 Ours = `Trainer.train_one_step()` exactly as `python -m workloads.trainer.train` runs it: batches read
 from the tokenized sample through the sharded loader, the WSD schedule, gradient clipping, the per-step
 stats sync, preemption flag, a JSONL metrics line (checkpoints off: bench_async_ckpt.py measures those).
 Plain = a separately written nanoGPT-style model of the same shape (same parameter count, asserted) and
 the usual loop: forward, cross-entropy, backward, clip_grad_norm_, AdamW step, zero_grad, loss.item(), on
-random token batches prepared in advance. Both run in the same process, one step each in turn (the order
-swapped every step pair), reps × steps times; each step is timed by wall clock and by process CPU time;
-reported: ratios of the median and of the best step, and the median of the step-pair ratios (aim ≥ 0.95).
+random token batches prepared in advance. Both run in the same process, interleaved: one step of each in
+turn (A,B then B,A), reps × steps pairs; each step is timed by wall clock and by process CPU time.
+Reported: tokens/s of each (median and interquartile range), the ratio ours / plain of each step pair
+(median, IQR, min-max; aim ≥ 0.95), of the best steps, and of the CPU-time medians. The run dir (a
+temporary directory: config, metrics, the tokenized sample) is removed at the end, also on an error.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
 import sys
 import tempfile
@@ -79,6 +81,60 @@ class PlainGPT(nn.Module):
         return self.head(F.rms_norm(x, (x.shape[-1],), self.norm, 1e-5))
 
 
+def spread(xs: list[float], fmt: str) -> str:
+    """median, interquartile range and min-max of the samples."""
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return f"{q2:>9{fmt}}  {f'{q1:{fmt}}-{q3:{fmt}}':>13}  {f'{min(xs):{fmt}}-{max(xs):{fmt}}':>13}"
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict:
+    """Both contenders, interleaved, with run dir `tmp`: tokens/s per step, by wall clock and by CPU time."""
+    total_steps = 2 + args.reps * args.steps
+    cfg = load_config(args.config, [f"--job.run_dir={tmp}", f"--training.seq_len={args.seq_len}",
+                                    f"--training.micro_batch_size={args.batch}", f"--training.max_steps={total_steps}",
+                                    "--checkpoint.enabled=false", "--training.device=cpu"])
+    ctx = init_distributed("cpu", num_threads=args.threads)
+    trainer = Trainer(cfg, ctx)
+    try:
+        m = cfg.model_args()
+        torch.manual_seed(0)
+        plain = PlainGPT(m.vocab_size, m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim, args.seq_len)
+        ours_params = sum(p.numel() for p in trainer.model.parameters())
+        assert sum(p.numel() for p in plain.parameters()) == ours_params, "plain model must have the same shape"
+        opt = torch.optim.AdamW(plain.parameters(), lr=cfg.optimizer.lr, betas=(0.9, 0.95), weight_decay=0.1)
+        batches = [torch.randint(0, m.vocab_size, (args.batch, args.seq_len + 1)) for _ in range(8)]
+
+        def plain_step(i: int) -> None:
+            b = batches[i % len(batches)]
+            loss = F.cross_entropy(plain(b[:, :-1]).flatten(0, 1), b[:, 1:].flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.item()  # a loop that logs its loss syncs once per step too
+
+        tokens = args.batch * args.seq_len
+        ours_step = lambda i: trainer.train_one_step()  # noqa: E731
+        for i in range(2):  # warm-up both
+            ours_step(i)
+            plain_step(i)
+        # Interleaved: single steps alternate (order swapped every pair) so both see the same machine load;
+        # each step timed by wall clock and by this process's CPU time (robust when other jobs share the cores).
+        wall = {"ours": [], "plain": []}
+        cpu = {"ours": [], "plain": []}
+        for rep in range(args.reps * args.steps):
+            order = [("ours", ours_step), ("plain", plain_step)]
+            for name, fn in order if rep % 2 == 0 else order[::-1]:
+                w0, c0 = time.perf_counter(), time.process_time()
+                fn(rep)
+                wall[name].append(tokens / (time.perf_counter() - w0))
+                cpu[name].append(tokens / (time.process_time() - c0))
+    finally:
+        trainer.ckpt.close()
+        trainer.metrics.close()
+    return {"model": f"{args.config}: {ours_params / 1e6:.2f} M params", "tokens": tokens, "wall": wall, "cpu": cpu}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=8)
@@ -88,61 +144,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--config", default="tiny")
     args = ap.parse_args()
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench_step_"))
-    total_steps = 2 + args.reps * args.steps
-    cfg = load_config(args.config, [f"--job.run_dir={tmp}", f"--training.seq_len={args.seq_len}",
-                                    f"--training.micro_batch_size={args.batch}", f"--training.max_steps={total_steps}",
-                                    "--checkpoint.enabled=false", "--training.device=cpu"])
-    ctx = init_distributed("cpu", num_threads=args.threads)
-    trainer = Trainer(cfg, ctx)
-    m = cfg.model_args()
-    torch.manual_seed(0)
-    plain = PlainGPT(m.vocab_size, m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim, args.seq_len)
-    ours_params = sum(p.numel() for p in trainer.model.parameters())
-    assert sum(p.numel() for p in plain.parameters()) == ours_params, "plain model must have the same shape"
-    opt = torch.optim.AdamW(plain.parameters(), lr=cfg.optimizer.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    batches = [torch.randint(0, m.vocab_size, (args.batch, args.seq_len + 1)) for _ in range(8)]
-
-    def plain_step(i: int) -> None:
-        b = batches[i % len(batches)]
-        loss = F.cross_entropy(plain(b[:, :-1]).flatten(0, 1), b[:, 1:].flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()  # a loop that logs its loss syncs once per step too
-
-    tokens = args.batch * args.seq_len
-    ours_step = lambda i: trainer.train_one_step()  # noqa: E731
-    for i in range(2):  # warm-up both
-        ours_step(i)
-        plain_step(i)
-    # Alternate single steps (order swapped every rep) so both see the same machine load; time each step
-    # by wall clock and by this process's CPU time (robust when other jobs share the cores).
-    wall = {"ours": [], "plain": []}
-    cpu = {"ours": [], "plain": []}
-    for rep in range(args.reps * args.steps):
-        order = [("ours", ours_step), ("plain", plain_step)]
-        for name, fn in order if rep % 2 == 0 else order[::-1]:
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn(rep)
-            wall[name].append(tokens / (time.perf_counter() - w0))
-            cpu[name].append(tokens / (time.process_time() - c0))
-    trainer.metrics.close()
-    med = {k: statistics.median(v) for k, v in wall.items()}
-    best = {k: max(v) for k, v in wall.items()}
-    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-    paired = statistics.median(o / p for o, p in zip(wall["ours"], wall["plain"], strict=True))
-    result = {"model": f"{args.config}: {ours_params / 1e6:.2f} M params", "tokens_per_step": tokens,
-              "threads": torch.get_num_threads(), "steps_each": len(wall["ours"]),
-              "ours_tokens_per_s_median": round(med["ours"]), "plain_tokens_per_s_median": round(med["plain"]),
-              "ratio_median": round(med["ours"] / med["plain"], 3),
-              "ratio_paired_median": round(paired, 3),
-              "ours_tokens_per_s_best": round(best["ours"]), "plain_tokens_per_s_best": round(best["plain"]),
-              "ratio_best": round(best["ours"] / best["plain"], 3),
-              "ratio_cpu_time_median": round(med_cpu["ours"] / med_cpu["plain"], 3)}
-    print(json.dumps(result, indent=2))
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:
+        r = run(args, Path(tmp))
+    wall, cpu = r["wall"], r["cpu"]
+    pairs = [o / p for o, p in zip(wall["ours"], wall["plain"], strict=True)]
+    print(f"{r['model']}, {r['tokens']:,} tokens per step, torch threads: {torch.get_num_threads()}, {len(pairs)} step "
+          "pairs (one step of each in turn, order swapped every pair)")
+    print(f"{'':<26}{'median':>9}  {'IQR':>13}  {'min-max':>13}")
+    print(f"{'ours tok/s':<26}{spread(wall['ours'], ',.0f')}")
+    print(f"{'plain tok/s':<26}{spread(wall['plain'], ',.0f')}")
+    print(f"{'ratio ours/plain per pair':<26}{spread(pairs, '.3f')}   (aim >= 0.95)")
+    print(f"ratio of the best steps {max(wall['ours']) / max(wall['plain']):.3f}; ratio of the CPU-time medians "
+          f"{statistics.median(cpu['ours']) / statistics.median(cpu['plain']):.3f}")
+    print(f"load average (1 min) before/after: {load:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
