@@ -161,6 +161,9 @@ class CheckpointConfig(_Section):
     """Complete checkpoints kept on disk (older ones are deleted)."""
     resume: bool = True
     """Resume from <dir>/latest when it exists."""
+    on_damaged: Literal["refuse", "fallback"] = "refuse"
+    """At resume, when latest's checkpoint fails its checksums (a file flipped, truncated or missing): 'refuse'
+    exits 1 naming the file and the newest intact older checkpoint; 'fallback' resumes from that one."""
     dir: str | None = None
     """Checkpoint directory; None: <run_dir>/checkpoints."""
 

@@ -127,10 +127,11 @@ class Trainer:
                                       auto_first_step=ck.auto_first_step)
         self.ckpt.attach(self.optimizer)  # a background snapshot finishes before the weights change
         self.step, self.consumed = 0, 0
-        latest = self.ckpt.latest_path() if ck.resume else None
+        # Verified first, by all ranks together; a damaged one is refused or skipped (checkpoint.on_damaged).
+        latest = self.ckpt.resume_path(ck.on_damaged) if ck.resume else None
         if latest is not None:
             # FSDP2 reads a sharded checkpoint shard by shard (each rank only its own), anything else whole.
-            state = CheckpointManager.read(latest, shards=not self.fsdp)
+            state = CheckpointManager.read(latest, shards=not self.fsdp, verify=False)
             resumed = load_train_state(state, self.model, self.optimizer,
                                        model_shape=self.model_shape, path=latest)
             self.step, self.consumed = resumed["step"], resumed["consumed_samples"]

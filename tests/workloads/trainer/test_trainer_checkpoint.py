@@ -1,15 +1,23 @@
-"""Checkpoints: exact round trip, atomic (torn writes never load), asynchronous, shape checks."""
+"""Checkpoints: exact round trip, atomic (torn writes never load), asynchronous, shape checks, checked
+against their manifest (a damaged one is refused naming the file, or skipped for the newest intact one)."""
 
+import json
+import logging
+import re
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
 import torch
+from trainer_helpers import flip_bit, flip_digit, losses, offset_of, run_trainer, small_run
 from trainer_helpers import train_batch as step
 
 from workloads.trainer.components import checkpoint as ckpt_mod
+from workloads.trainer.components import manifest as manifest_mod
 from workloads.trainer.components.checkpoint import CheckpointManager
+from workloads.trainer.components.manifest import CheckpointDamaged
 from workloads.trainer.components.state_io import flatten_state, unflatten_state
 from workloads.trainer.components.train_state import CheckpointError, get_train_state, load_train_state
 from workloads.trainer.model import ModelArgs, Transformer
@@ -183,3 +191,157 @@ def test_other_model_shape_is_a_clear_error(tmp_path):
         load_train_state(CheckpointManager.read(manager.latest_path()), other,
                          torch.optim.AdamW(other.parameters()), model_shape=wider, path=manager.latest_path())
     assert all(torch.equal(a, b) for a, b in zip(before, other.parameters(), strict=True))
+
+
+# ---------------------------------------------------------------------------- checked, not trusted
+
+WQ = "layers.0.attention.wq.weight"
+
+
+def _truncate(path, keep=0.5):
+    path.write_bytes(path.read_bytes()[:int(path.stat().st_size * keep)])
+
+
+def _drop_manifest_key(step_dir):
+    state = json.loads((step_dir / "state.json").read_text())
+    del state["__manifest__"]
+    (step_dir / "state.json").write_text(json.dumps(state))
+
+
+TENSORS = "tensors.safetensors"
+MISMATCH = "tensors.safetensors: checksum mismatch (file damaged)"
+
+
+def _flip_in_tensors(step_dir, tensor):
+    flip_bit(step_dir / TENSORS, offset_of(step_dir / TENSORS, tensor))
+
+
+# damage -> (what it does to a step directory, given its state as written; what the refusal says, verbatim)
+DAMAGE = {
+    "weight bit": (lambda d, s: _flip_in_tensors(d, s["model"][WQ]), MISMATCH),
+    "optimizer bit": (lambda d, s: _flip_in_tensors(d, s["optimizer"]["state"][WQ]["exp_avg"]), MISMATCH),
+    "state.json digit": (lambda d, s: flip_digit(d / "state.json", b'"consumed_samples"'),
+                         "state.json: checksum mismatch (file damaged)"),
+    "truncated tensors": (lambda d, s: _truncate(d / TENSORS), "tensors.safetensors: truncated ("),
+    "header byte": (lambda d, s: flip_bit(d / TENSORS, 20, bit=3), MISMATCH),  # inside its JSON header
+    "missing tensors": (lambda d, s: (d / TENSORS).unlink(), "tensors.safetensors: missing"),
+    "manifest digit": (lambda d, s: flip_digit(d / "manifest.json", b'"size"'),
+                       "manifest.json: damaged (does not match its own checksum)"),
+    "manifest lost": (lambda d, s: (d / "manifest.json").unlink(), "manifest.json: missing"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_checkpoint_is_refused_naming_the_file_or_skipped_for_the_newest_intact_one(tmp_path, damage):
+    model, opt = make_trained()
+    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager.save(10, state_of(model, opt, 10))
+    step(model, opt)
+    manager.save(20, state_of(model, opt, 20))
+    damaged = tmp_path / "step_00000020"
+    corrupt, says = DAMAGE[damage]
+    corrupt(damaged, CheckpointManager.read(damaged))
+
+    with pytest.raises(CheckpointDamaged, match=re.escape(f"checkpoint {damaged}: {says}")):
+        CheckpointManager.read(damaged)  # what export-hf and every reader go through
+    with pytest.raises(CheckpointError, match=re.escape(f"step_00000020: {says}") + ".*; step_00000010 is intact: "
+                       "to resume from it, rerun with --checkpoint.on_damaged=fallback"):
+        CheckpointManager(tmp_path).resume_path("refuse")
+    fallback = CheckpointManager(tmp_path).resume_path("fallback")
+    assert fallback == tmp_path / "step_00000010"
+    assert CheckpointManager.read(fallback)["train"]["step"] == 10
+
+
+def test_no_intact_checkpoint_is_refused_even_with_fallback(tmp_path):
+    model, opt = make_trained()
+    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager.save(10, state_of(model, opt, 10))
+    flip_digit(tmp_path / "step_00000010" / "state.json", b'"step"')
+    with pytest.raises(CheckpointError, match="state.json: checksum mismatch .*no older checkpoint in .* is intact"):
+        manager.resume_path("fallback")
+
+
+def test_latest_naming_no_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
+    model, opt = make_trained()
+    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager.save(10, state_of(model, opt, 10))
+    manager.save(20, state_of(model, opt, 20))
+    (tmp_path / "latest").write_bytes(b"step_0000\xff020")
+    with pytest.raises(CheckpointError, match=r"latest names .* not a checkpoint directory.*step_00000020 is intact"):
+        manager.resume_path("refuse")
+    assert manager.resume_path("fallback") == tmp_path / "step_00000020"
+
+
+def test_checkpoint_from_before_checksums_loads_with_a_warning(tmp_path):
+    model, opt = make_trained()
+    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager.save(10, state_of(model, opt, 10))
+    old = tmp_path / "step_00000010"
+    (old / "manifest.json").unlink()
+    _drop_manifest_key(old)  # as every checkpoint was before manifests
+    unverified: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: unverified.append(record.getMessage())  # the trainer's logger may not propagate
+    ckpt_mod.logger.addHandler(handler)
+    try:
+        assert manager.resume_path() == old
+        assert CheckpointManager.read(old)["train"]["step"] == 10
+    finally:
+        ckpt_mod.logger.removeHandler(handler)
+    assert len(unverified) == 2 and all("has no manifest" in m and "unverified" in m for m in unverified)
+    # a damaged header in such a checkpoint is still one clear error, not a safetensors traceback
+    flip_bit(old / TENSORS, 3, bit=6)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        CheckpointManager.read(old)
+
+
+def test_checksums_are_computed_by_the_background_writer(tmp_path, monkeypatch):
+    model, opt = make_trained()
+    release, real_checksum = threading.Event(), manifest_mod.file_checksum
+
+    def held_checksum(path):
+        release.wait(timeout=20)
+        return real_checksum(path)
+
+    monkeypatch.setattr(manifest_mod, "file_checksum", held_checksum)
+    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager.attach(opt)
+    t0 = time.perf_counter()
+    manager.save(5, state_of(model, opt, 5))
+    for _ in range(2):  # training is not held up by the hashing
+        step(model, opt)
+    assert time.perf_counter() - t0 < 5
+    assert manager._thread.is_alive() and manager.latest_path() is None  # not committed before the manifest
+    release.set()
+    manager.close()
+    written = manager.latest_path()
+    manifest = json.loads((written / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["state.json", TENSORS] and manifest["step"] == 5
+    for name, info in manifest["files"].items():
+        data = (written / name).read_bytes()
+        assert info == {"size": len(data), "crc32": f"{zlib.crc32(data):08x}"}
+
+
+def test_resume_refuses_a_damaged_checkpoint_in_one_line_or_falls_back_when_told(tmp_path, sample_prefix):
+    args = small_run(tmp_path, sample_prefix, **{"training.max_steps": 4, "checkpoint.interval": 2})
+    first = run_trainer(args)
+    assert first.returncode == 0, first.stdout
+    damaged = tmp_path / "checkpoints" / "step_00000004"
+    flip_bit(damaged / TENSORS, offset_of(damaged / TENSORS, CheckpointManager.read(damaged)["model"][WQ]))
+    more = [*args, "--training.max_steps=6"]
+
+    refused = run_trainer(more)
+    assert refused.returncode == 1 and "Traceback" not in refused.stdout, refused.stdout
+    errors = [line for line in refused.stdout.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, refused.stdout
+    assert re.search(r"\] error: checkpoint \S+/step_00000004: tensors.safetensors: checksum mismatch \(file "
+                     r"damaged\); step_00000002 is intact: to resume from it, rerun with "
+                     r"--checkpoint.on_damaged=fallback$", errors[0]), errors[0]
+    assert [s for s, _ in losses(tmp_path)] == [1, 2, 3, 4]  # refused before anything was written
+
+    resumed = run_trainer([*more, "--checkpoint.on_damaged=fallback"])
+    assert resumed.returncode == 0, resumed.stdout
+    assert "step_00000004: tensors.safetensors: checksum mismatch" in resumed.stdout
+    assert "step_00000002 at step 2" in resumed.stdout and "Traceback" not in resumed.stdout
+    assert [s for s, _ in losses(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    assert CheckpointManager.read(damaged)["train"]["step"] == 4  # written again, intact

@@ -1,8 +1,10 @@
 """FSDP2 checkpoints are sharded (every rank writes only its own shards, DCP) and still read whole anywhere:
-a single process resumes from them, export_hf converts them."""
+a single process resumes from them, export_hf converts them; each rank checksums its own files, and a
+damaged one is refused naming the file (or skipped for the newest intact checkpoint)."""
 
 import json
 import math
+import re
 import threading
 import time
 
@@ -10,11 +12,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import transformers
-from trainer_helpers import losses, run_trainer, small_run, start_ranks, start_two_ranks
+from trainer_helpers import flip_bit, flip_digit, losses, offset_of, run_trainer, small_run, start_ranks
+from trainer_helpers import start_two_ranks
 from trainer_helpers import train_batch as step
 
 from workloads.trainer.components import checkpoint as ckpt_mod
 from workloads.trainer.components.checkpoint import CheckpointManager
+from workloads.trainer.components.manifest import file_checksum
 from workloads.trainer.components.train_state import CheckpointError, get_train_state, load_train_state
 from workloads.trainer.components.sharded import _reader
 from workloads.trainer.export_hf import export_checkpoint
@@ -35,7 +39,12 @@ def test_fsdp2_checkpoint_is_one_shard_file_per_rank_and_resumes_on_one_process_
     full_bytes = sum(t.numel() * t.element_size() for t in state["model"].values())
     full_bytes += sum(t.numel() * t.element_size() for s in state["optimizer"]["state"].values() for t in s.values())
     files = sorted(p.name for p in step_dir.iterdir())
-    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "state.json", "tensors.safetensors"], files
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "manifest.json", "state.json",
+                     "tensors.safetensors"], files
+    # the manifest covers every file, both ranks' shards included (each rank hashed its own)
+    manifest = json.loads((step_dir / "manifest.json").read_text())["files"]
+    assert sorted(manifest) == [f for f in files if f != "manifest.json"]
+    assert all(info["crc32"] == file_checksum(step_dir / name) for name, info in manifest.items())
     for rank in (0, 1):
         share = (step_dir / f"__{rank}_0.distcp").stat().st_size / full_bytes
         assert 0.4 < share < 0.6, (rank, share)
@@ -53,6 +62,18 @@ def test_fsdp2_checkpoint_is_one_shard_file_per_rank_and_resumes_on_one_process_
     assert {n: p.shape for n, p in model.named_parameters()} == {n: t.shape for n, t in state["model"].items()}
     assert set(state["optimizer"]["state"]) == set(state["model"])
     assert len(state["rng"]) == 2 and state["train"] == {"step": 4, "consumed_samples": 32}
+
+    # Rank 1's shard of step 8 damaged: both ranks refuse it, in one line each, naming the file and step 4.
+    final = tmp_path / "checkpoints" / "step_00000008"
+    flip_bit(final / "__1_0.distcp", (final / "__1_0.distcp").stat().st_size // 2)
+    procs = start_two_ranks(tmp_path, small_run(tmp_path, sample_prefix, **{**opts, "training.max_steps": 10}))
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs
+    for out in outs:
+        errors = [line for line in out.splitlines() if "error" in line.lower()]
+        assert "Traceback" not in out and len(errors) == 1, out
+        assert re.search(r"step_00000008: __1_0.distcp: checksum mismatch \(file damaged\); step_00000004 is "
+                         r"intact", errors[0]), errors[0]
 
     # A single process (plain, WORLD_SIZE=1, --parallel.data_parallel=ddp) resumes from step 4 and keeps learning;
     # 2 micro-batches per step keep the global batch of the 2-rank run (8 samples).
@@ -167,7 +188,7 @@ def test_sharded_save_is_asynchronous_atomic_and_loads_back_exactly(tmp_path, mo
     release.set()
     manager.wait()
     assert sorted(p.name for p in manager.latest_path().iterdir()) == [
-        ".metadata", "__0_0.distcp", "state.json", "tensors.safetensors"]
+        ".metadata", "__0_0.distcp", "manifest.json", "state.json", "tensors.safetensors"]
     restored = CheckpointManager.read(manager.latest_path())["model"]
     assert all(torch.equal(restored[n], saved[n]) for n in saved), "the snapshot saw a later step"
 
@@ -197,3 +218,48 @@ def test_sharded_save_is_asynchronous_atomic_and_loads_back_exactly(tmp_path, mo
     step(other, other_opt)
     expected = full_params(reference)
     assert all(torch.equal(p, expected[n]) for n, p in full_params(other).items())
+
+
+WQ = "layers.0.attention.wq.weight"
+SHARD = "__0_0.distcp"
+# damage -> (what it does to a sharded step directory, given its full state as written; the refusal, verbatim)
+SHARD_DAMAGE = {
+    "weight bit": (lambda d, s: flip_bit(d / SHARD, offset_of(d / SHARD, s["model"][WQ])),
+                   "__0_0.distcp: checksum mismatch (file damaged)"),
+    "optimizer bit": (lambda d, s: flip_bit(d / SHARD, offset_of(d / SHARD, s["optimizer"]["state"][WQ]["exp_avg"])),
+                      "__0_0.distcp: checksum mismatch (file damaged)"),
+    "state.json digit": (lambda d, s: flip_digit(d / "state.json", b'"consumed_samples"'),
+                         "state.json: checksum mismatch (file damaged)"),
+    "truncated shard": (lambda d, s: (d / SHARD).write_bytes((d / SHARD).read_bytes()[:1000]),
+                        "__0_0.distcp: truncated (1000 bytes, "),
+    "metadata byte": (lambda d, s: flip_bit(d / ".metadata", 40, bit=2), ".metadata: checksum mismatch (file damaged)"),
+    "missing shard": (lambda d, s: (d / SHARD).unlink(), "__0_0.distcp: missing"),
+}
+
+
+@pytest.mark.parametrize("damage", list(SHARD_DAMAGE))
+def test_damaged_sharded_checkpoint_is_refused_naming_the_file_or_skipped(tmp_path, damage, one_rank_group):
+    model, opt = fsdp_trained(0)
+    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager.attach(opt)
+    manager.save(1, state_of(model, opt, 1))
+    saved = full_params(model)
+    step(model, opt)
+    manager.save(2, state_of(model, opt, 2))
+    manager.close()
+    damaged = tmp_path / "step_00000002"
+    corrupt, says = SHARD_DAMAGE[damage]
+    corrupt(damaged, CheckpointManager.read(damaged))
+
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {damaged}: {says}") + ".*; step_00000001 is "
+                       "intact: to resume from it, rerun with --checkpoint.on_damaged=fallback"):
+        manager.resume_path("refuse")  # collective (a 1-rank group): the path every FSDP2 rank takes
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {damaged}: {says}")):
+        CheckpointManager.read(damaged, shards=False)
+    fallback = manager.resume_path("fallback")
+    assert fallback == tmp_path / "step_00000001"
+    other, other_opt = fsdp_trained(1)
+    train = load_train_state(CheckpointManager.read(fallback, shards=False, verify=False), other, other_opt,
+                             model_shape=SHAPE, path=fallback)
+    assert train == {"step": 1, "consumed_samples": 8}
+    assert all(torch.equal(p, saved[n]) for n, p in full_params(other).items())

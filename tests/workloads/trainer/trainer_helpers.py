@@ -87,3 +87,31 @@ def train_batch(model, opt) -> None:
     torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
     opt.step()
     opt.zero_grad()
+
+
+def flip_bit(path: Path, offset: int, bit: int = 0) -> None:
+    """Flip one bit of the file at `path`, in place (what a bad disk, cable or DIMM does)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ (1 << bit)]))
+
+
+def offset_of(path: Path, tensor) -> int:
+    """Offset in the file at `path` of the middle of `tensor`'s raw bytes (whatever the file's format)."""
+    import torch
+
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    at = path.read_bytes().find(raw)
+    assert at >= 0, f"{path.name} does not hold the tensor's bytes"
+    return at + len(raw) // 2
+
+
+def flip_digit(path: Path, after: bytes) -> None:
+    """Change the first digit after `after` in a text file by one bit (3 -> 2, 8 -> 9): still valid JSON."""
+    raw = path.read_bytes()
+    at = raw.index(after) + len(after)
+    while not chr(raw[at]).isdigit():
+        at += 1
+    flip_bit(path, at)

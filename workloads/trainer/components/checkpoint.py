@@ -14,6 +14,10 @@ it). FSDP2 (the state holds DTensors): every rank snapshots and writes only its 
 optimizer tensors with torch.distributed.checkpoint (sharded.py), rank 0 adds the rest (RNG states of
 every rank, position, config: `state.json` + a small `tensors.safetensors`) and commits once DCP's save
 returned, i.e. once every rank's shards and DCP's `.metadata` are durable.
+
+Checked, not trusted (manifest.py): the writer thread checksums every file (each rank its own shard files)
+and writes `manifest.json` last; a resume verifies the checkpoint before loading a byte of it and, when it
+is damaged, refuses naming the file and the newest intact older checkpoint, or falls back to that one.
 """
 
 from __future__ import annotations
@@ -28,10 +32,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
+from safetensors import SafetensorError
 
+from .manifest import (
+    ALGORITHM,
+    MANIFEST_KEY,
+    CheckpointDamaged,
+    describe_files,
+    describe_shard_files,
+    verify_checkpoint,
+    write_manifest,
+)
 from .sharded import (
     METADATA_FILE,
     ShardRef,
@@ -70,6 +85,11 @@ def step_dir_name(step: int) -> str:
 def young_interval(save_cost_s: float, mtbf_s: float, step_time_s: float) -> int:
     """Steps between checkpoints from Young's formula: T_opt ≈ √(2·C·MTBF), C = blocking save cost."""
     return max(1, round(math.sqrt(2.0 * save_cost_s * mtbf_s) / max(step_time_s, 1e-9)))
+
+
+def _warn_unverified(path: Path) -> None:
+    logger.warning("checkpoint %s has no manifest (written before checksums were recorded): loading it "
+                   "unverified", path)
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -176,14 +196,15 @@ class CheckpointManager:
         sharded = any(is_dtensor(t) for t in state["model"].values())
         if (self.rank == 0 or sharded) and self.last_saved_step != step:
             skeleton, tensors = flatten_state(state)
-            snapshot = _Snapshot(step, skeleton, tensors)
+            snapshot = _Snapshot(step, {**skeleton, MANIFEST_KEY: ALGORITHM}, tensors)
             if sharded:
                 checkpoint_group()  # collective: created here on the main thread, used by the writer thread
                 snapshot.shards = {k: t for k, t in tensors.items() if k.startswith(_SHARDED_PREFIXES)}
                 snapshot.tensors = {k: t for k, t in tensors.items()
                                     if self.rank == 0 and not k.startswith(_SHARDED_PREFIXES)}
-                snapshot.skeleton = {**skeleton, SHARDS_KEY: {"format": "torch.distributed.checkpoint",
-                                                              "world_size": torch.distributed.get_world_size()}}
+                snapshot.skeleton = {**snapshot.skeleton,
+                                     SHARDS_KEY: {"format": "torch.distributed.checkpoint",
+                                                  "world_size": torch.distributed.get_world_size()}}
             if self.asynchronous and not block:
                 self._pending = snapshot
                 self._thread = threading.Thread(target=self._copy_and_write, args=(snapshot,),
@@ -257,14 +278,18 @@ class CheckpointManager:
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        files: dict[str, dict] = {}
         if snapshot.shards is not None:
             # Collective. No rank writes a byte before DCP's planning round has passed rank 0, i.e. after
             # the clean-up above; it returns once every rank's shards and .metadata are durable.
             write_shards(tmp, snapshot.shards)
+            files = describe_shard_files(tmp)  # collective: each rank hashes its own files, in parallel
             if self.rank != 0:
                 return
         write_tensors(tmp / TENSORS_FILE, snapshot.tensors)
         write_json(tmp / STATE_FILE, snapshot.skeleton)
+        # Hashed from the page cache after the fsyncs; the manifest goes last: its presence means complete.
+        write_manifest(tmp, snapshot.step, {**files, **describe_files(tmp, [TENSORS_FILE, STATE_FILE])})
         fsync_dir(tmp)
         if final.exists():  # a stale dir of the same step from a run that never pointed latest at it
             shutil.rmtree(final)
@@ -291,28 +316,80 @@ class CheckpointManager:
             raise CheckpointError(f"{pointer} points at {path}, which is missing or incomplete")
         return path
 
+    def resume_path(self, on_damaged: Literal["refuse", "fallback"] = "refuse") -> Path | None:
+        """The verified checkpoint to resume from: `latest`'s, or None when there is none yet.
+
+        Damaged (a file missing or not as written): 'refuse' raises CheckpointError naming the file and the
+        newest intact older checkpoint; 'fallback' resumes from that one, with a warning. Collective under a
+        process group: every rank hashes a share of the files and all agree on the answer.
+        """
+        pointer = self.dir / LATEST
+        if not pointer.is_file():
+            return None
+        collective = dist.is_initialized()
+        names = [pointer.read_text(errors="replace").strip(),
+                 sorted((p.name for p in self.dir.glob("step_*") if p.is_dir()), reverse=True)]
+        if collective:  # one list for every rank, whatever each one's view of the directory
+            dist.broadcast_object_list(names, src=0, group=checkpoint_group())
+        target, steps = names
+        damaged: list[CheckpointError] = []
+        if target in steps:
+            candidates = [target, *(s for s in steps if s < target)]  # newer ones were never committed
+        else:
+            damaged.append(CheckpointError(f"{pointer} names {target!r}, which is not a checkpoint directory "
+                                           f"in {self.dir}"))
+            candidates = steps
+        for name in candidates:
+            path = self.dir / name
+            try:
+                verified = verify_checkpoint(path, collective=collective)
+            except CheckpointDamaged as e:
+                damaged.append(e)
+                continue
+            if self.rank == 0 and not verified:
+                _warn_unverified(path)
+            if not damaged:
+                return path
+            if on_damaged == "fallback":
+                if self.rank == 0:
+                    for e in damaged:
+                        logger.warning("%s; skipped (checkpoint.on_damaged=fallback)", e)
+                    logger.warning("resuming from %s, the newest intact checkpoint", path)
+                return path
+            raise CheckpointError(f"{damaged[0]}; {name} is intact: to resume from it, rerun with "
+                                  f"--checkpoint.on_damaged=fallback")
+        raise CheckpointError(f"{damaged[0]}; no older checkpoint in {self.dir} is intact: restore the files "
+                              f"from a copy, or start afresh with another --checkpoint.dir")
+
     @staticmethod
-    def read(path: Path, *, shards: bool = True, optimizer: bool = True) -> dict:
+    def read(path: Path, *, shards: bool = True, optimizer: bool = True, verify: bool = True) -> dict:
         """Read a complete checkpoint directory into a state tree (tensors on CPU).
 
         A sharded (FSDP2) checkpoint is read whole in this process, whatever world size wrote it, unless
         `shards=False`: then its model/optimizer tensors are `ShardRef`s (key, global shape, dtype) for
         `load_train_state` to load shard by shard. `optimizer=False` leaves a sharded checkpoint's optimizer
-        tensors as ShardRefs (export needs the weights only).
+        tensors as ShardRefs (export needs the weights only). `verify`: check every file against the manifest
+        first (CheckpointDamaged names a bad one); `resume_path` has done so already.
         """
-        try:
+        if verify and not verify_checkpoint(path):
+            _warn_unverified(path)
+        try:  # an unverified (pre-manifest) checkpoint can still be damaged: one line, not a traceback
             skeleton = json.loads((path / STATE_FILE).read_text())
             tensors = read_tensors(path / TENSORS_FILE)
-            layout = skeleton.pop(SHARDS_KEY, None) if isinstance(skeleton, dict) else None
+            layout = None
+            if isinstance(skeleton, dict):
+                skeleton.pop(MANIFEST_KEY, None)
+                layout = skeleton.pop(SHARDS_KEY, None)
             if layout is not None:
                 if not (path / METADATA_FILE).is_file():
                     raise OSError(f"{path / METADATA_FILE} is missing")
                 refs = {k: ShardRef(k, *v) for k, v in shard_index(path).items()}
                 wanted = {k for k in refs if shards and (optimizer or k.startswith("/model/"))}
                 tensors.update({**refs, **(read_shards(path, keys=wanted) if wanted else {})})
-        except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
+            return unflatten_state(skeleton, tensors)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError,
+                SafetensorError) as e:
             raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-        return unflatten_state(skeleton, tensors)
 
     def close(self) -> None:
         """Wait for the last write; call before exiting."""

@@ -41,8 +41,9 @@ _groups: dict[int, Any] = {}  # id(default group) -> its checkpoint group
 
 
 def checkpoint_group():
-    """The gloo process group DCP coordinates on (created on first use; collective: every rank calls it
-    from its main thread, in the same order — the first sharded save or load does)."""
+    """The gloo process group DCP and the checksums coordinate on (created on first use; collective: every
+    rank calls it from its main thread, in the same order — the resume's verification, or the first sharded
+    save, does)."""
     key = id(dist.group.WORLD)
     if key not in _groups:
         _groups.clear()
