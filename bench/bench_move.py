@@ -40,10 +40,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import iac.moves  # noqa: E402
-from services.layout import NODE_PORT_OFFSET, Layout  # noqa: E402
+from vocab.layout import NODE_PORT_OFFSET, Layout  # noqa: E402
 from iac.ops import SiteOps  # noqa: E402
 from iac.plane import Plane  # noqa: E402
-from iac.site import Site, load_site  # noqa: E402
+from vocab.site import Site, load_site  # noqa: E402
 from services.slurm.control import SlurmClient  # noqa: E402
 from services.slurm.daemons import Slurmctld, owned_pid, stop_pid  # noqa: E402
 

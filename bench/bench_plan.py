@@ -31,10 +31,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from services.layout import Layout  # noqa: E402
-import iac.site  # noqa: E402
+from vocab.layout import Layout  # noqa: E402
+import vocab.site  # noqa: E402
 from iac.plan import make_plan  # noqa: E402
-from iac.site import Site, load_site, parse_site  # noqa: E402
+from vocab.site import Site, load_site, parse_site  # noqa: E402
 from iac.slurm_inputs import slurm_cluster  # noqa: E402
 from services.slurm.render import render_gres_conf, render_slurm_conf  # noqa: E402
 
@@ -64,14 +64,14 @@ def timer(fn: Callable[[Any], object], setup: Callable[[], Any] = lambda: None) 
 
 # load_site's own code, with parse_site (the validation) swapped for the identity: times exactly the read
 # and the YAML parse that load_site does, whichever loader it picks.
-read_and_parse = types.FunctionType(load_site.__code__, {**vars(iac.site), "parse_site": lambda data, path: data})
+read_and_parse = types.FunctionType(load_site.__code__, {**vars(vocab.site), "parse_site": lambda data, path: data})
 
 
 COLD = """
 import sys, time
 t = time.perf_counter()
 from iac.plan import make_plan
-from iac.site import load_site
+from vocab.site import load_site
 imported = time.perf_counter() - t
 site = load_site(sys.argv[1])
 desired = dict(site.desired)
@@ -157,7 +157,7 @@ def main() -> None:
                 imported, total = cold_process(a.site)
                 cold_imports.append(imported)
                 cold_total.append(total)
-        times["new process: imports (iac.site, iac.plan)"] = cold_imports
+        times["new process: imports (vocab.site, iac.plan)"] = cold_imports
         times["new process: imports + load + plan"] = cold_total
         conf = render_slurm_conf(slurm_cluster(site, layout, SOURCE, members))
     load.append(os.getloadavg()[0])

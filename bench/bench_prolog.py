@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from iac.drivers.local import reboot  # noqa: E402
-from services.layout import Layout  # noqa: E402
-from iac.site import load_site  # noqa: E402
+from vocab.layout import Layout  # noqa: E402
+from vocab.site import load_site  # noqa: E402
 from iac.slurm_inputs import prolog_wrappers  # noqa: E402
 
 

@@ -10,8 +10,8 @@ from rich.text import Text
 
 from iac import nodes_cli
 from iac.cli_common import console, err, handle_errors, ops_for, site_option
-from services.layout import Layout, state_root
-from iac.site import load_site
+from vocab.layout import Layout, state_root
+from vocab.site import load_site
 
 def _report(outcomes) -> None:
     if not outcomes:

@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from services.layout import EMBEDDED_SITE, state_root
-from iac.site import SiteError, load_site
+from vocab.layout import EMBEDDED_SITE, state_root
+from vocab.site import SiteError, load_site
 
 console = Console(emoji=False)  # external text (Slurm's NtasksPerN:B:S:C) is not emoji codes
 err = Console(stderr=True, soft_wrap=True, emoji=False)

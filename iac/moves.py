@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from iac.drivers import local
 from iac.journal import Journal
-from services.layout import Layout
+from vocab.layout import Layout
 from iac.plan import Move, Plan
 from iac.plane import Plane, configure_nodes, stop_slurmd
-from iac.site import Site, collect_nodes
+from vocab.site import Site, collect_nodes
 from iac.stranded import stranded_jobs
 from services.slurm.control import NodeState
 

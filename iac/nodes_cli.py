@@ -9,7 +9,7 @@ import typer
 
 from iac.cli_common import console, err, handle_errors, ops_for, site_option
 from iac.moves import MOVING
-from iac.site import expand_nodes
+from vocab.site import expand_nodes
 from services.prolog.runner import load_checks, summarize
 
 

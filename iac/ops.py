@@ -12,11 +12,11 @@ from pathlib import Path
 
 from iac.drivers import local
 from iac.journal import Journal
-from services.layout import Layout
+from vocab.layout import Layout
 from iac.moves import MOVING, MoveRunner, Outcome
 from iac.plan import Plan, make_plan
 from iac.plane import Plane, configure_nodes, running_slurmd, stop_slurmd
-from iac.site import Site
+from vocab.site import Site
 from services.ansible.engine import install_container_engine
 from services.slurm.control import SlurmError
 from services.slurm.daemons import DaemonError, check_installed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from iac.site import Site, collect_nodes
+from vocab.site import Site, collect_nodes
 
 
 @dataclass(frozen=True)

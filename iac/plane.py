@@ -13,14 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from services.layout import Layout
-from iac.site import Site
+from vocab.layout import Layout
+from vocab.site import Site
 from iac.slurm_inputs import prolog_wrappers, slurm_cluster
 from services.ansible.runner import run_playbook
 from services.slurm.access import groups_key
 from services.slurm.control import SlurmClient
 from services.slurm.daemons import Munged, Slurmctld, owned_pid, stop_pid
-from services.slurm.files import write_atomic
+from vocab.files import write_atomic
 from services.slurm.render import conf_members, render_gres_conf, render_slurm_conf
 
 

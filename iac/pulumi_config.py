@@ -46,7 +46,7 @@ def resolve_config(
     root: Path | None = None,
 ) -> StackConfig:
     """Fill in defaults and make paths absolute (relative ones are taken from the project root)."""
-    from services.layout import state_root
+    from vocab.layout import state_root
 
     base = root or project_root()
     timeout = DEFAULT_MOVE_TIMEOUT if move_timeout is None else float(move_timeout)

@@ -53,7 +53,7 @@ class NodeMembershipProvider(ResourceProvider):
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Reject a membership naming a node or vCluster that its site file does not define."""
-        from iac.site import SiteError, load_site
+        from vocab.site import SiteError, load_site
 
         try:
             site = load_site(news["site_path"])
@@ -106,7 +106,7 @@ def _ops(props: dict[str, Any], log: list[str]):
     from pathlib import Path
 
     from iac.ops import SiteOps
-    from iac.site import load_site
+    from vocab.site import load_site
 
     def say(msg: str) -> None:
         line = _MARKUP.sub("", msg)

@@ -19,10 +19,10 @@ from typing import Optional
 import pulumi
 from pulumi import dynamic
 
-from services.layout import Layout
+from vocab.layout import Layout
 from iac.pulumi_config import StackConfig
 from iac.pulumi_provider import FREE, NodeMembershipProvider
-from iac.site import Site, SiteError, load_site
+from vocab.site import Site, SiteError, load_site
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import socket
 import sys
 from pathlib import Path
 
-from services.layout import Layout
-from iac.site import Site, expand_nodes
+from vocab.layout import Layout
+from vocab.site import Site, expand_nodes
 from services.prolog.tuning import THP_FEATURES, VBOOST_FEATURES, VETNODE_FEATURE
 from services.prolog.wrapper import WRAPPERS, WrapperInputs, render_wrapper
 from services.slurm.render import SlurmCluster, SlurmNode, SlurmPartition

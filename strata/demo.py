@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from services.layout import Layout, state_root
-from iac.site import load_site
+from vocab.layout import Layout, state_root
+from vocab.site import load_site
 
 REPO = Path(__file__).resolve().parent.parent
 SITE = REPO / "sites/local.yaml"

@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 
 from iac.cli_common import DEFAULT_SITE, handle_errors
-from services.layout import Layout, state_root
-from iac.site import load_site
+from vocab.layout import Layout, state_root
+from vocab.site import load_site
 from strata.train_checks import TrainRequestError, capacity_of, check_nodes
 
 REPO = Path(__file__).resolve().parent.parent

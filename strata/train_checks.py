@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from iac.site import Site, collect_nodes, expand_nodes
+from vocab.site import Site, collect_nodes, expand_nodes
 from services.slurm.render import conf_members
 
 

@@ -14,8 +14,8 @@ import typer
 
 from rich.console import Console
 
-from services.layout import EMBEDDED_SITE, Layout, state_root
-from iac.site import SiteError, load_site
+from vocab.layout import EMBEDDED_SITE, Layout, state_root
+from vocab.site import SiteError, load_site
 
 HOW_TO_REACH = {
     "slurm": "export SLURM_CONF={slurm_conf}   (or: eval $(strata env {vc})); then sinfo, sbatch, srun",

@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
+from vocab.explain import did_you_mean
+
 
 class EdfError(Exception):
     """Invalid EDF or environment: names the file, the key and a fix (the CLI exits 2)."""
@@ -201,9 +203,7 @@ def _explain(path: Path, err: dict) -> EdfError:
     loc = [str(p) for p in err["loc"]]
     key = loc[0] if loc else None
     if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key or "", list(Edf.model_fields), n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(Edf.model_fields)}"
-        return EdfError(path, key, f"unknown key; {hint}")
+        return EdfError(path, key, f"unknown key; {did_you_mean(key or '', list(Edf.model_fields))}")
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error":
         return EdfError(path, key, msg)

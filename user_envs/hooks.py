@@ -45,7 +45,7 @@ def gpu_hook_definition(python: str = sys.executable) -> dict:
 
 
 def render_hooks(vc, python: str = sys.executable) -> dict[str, str]:
-    """File name -> JSON text of every hook a vCluster (`iac.site.VCluster`) offers (sorted keys: stable output)."""
+    """File name -> JSON text of every hook a vCluster (`vocab.site.VCluster`) offers (sorted keys: stable output)."""
     defs = {f"{name}.json": hook_definition(name, h.libraries, python) for name, h in vc.container_engine.hooks.items()}
     defs[f"{GPU_HOOK}.json"] = gpu_hook_definition(python)
     return {f: json.dumps(d, indent=2, sort_keys=True) + "\n" for f, d in sorted(defs.items())}

@@ -17,9 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.layout import Layout
-from iac.site import Site, load_site
-from services.slurm.files import write_atomic
+from vocab.layout import Layout
+from vocab.site import Site, load_site
+from vocab.files import write_atomic
 from user_envs.engine import ALWAYS_DENIED, EngineConfig
 from user_envs.hooks import render_hooks
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from iac.site import Site
+from vocab.site import Site
 
 DEFAULT_STATE = "/var/lib/strata"
 # the embedded local site, found from the installed code (so `cd / && strata status` works too)

@@ -1,4 +1,4 @@
-"""The site model: the shared vocabulary of every layer (pure data + validation).
+"""The site model: what every layer calls a site, node, platform, vCluster, partition (pure data + validation).
 
 A site file lists the bare-metal nodes (hardware facts, labels) and groups them into platforms and
 vClusters. Nodes in no vCluster form the free pool. `load_site` turns a YAML file into a frozen `Site`
@@ -17,6 +17,8 @@ from typing import Any, Literal
 import hostlist
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vocab.explain import explain
 
 NAME_RE = r"^[a-z][a-z0-9_-]{0,30}$"
 FREE_POOL = None  # the owner of a node that belongs to no vCluster
@@ -293,62 +295,8 @@ class Site:
 
 # ---- loading and error messages -------------------------------------------------------------------
 
-def _key_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-_CHILDREN: dict[tuple[type, str], tuple[type, bool]] = {
-    # (model, field) -> (child model, whether the field is a mapping keyed by a name)
-    (SiteSpec, "ports"): (Ports, False),
-    (SiteSpec, "nodes"): (NodeGroup, False),
-    (SiteSpec, "platforms"): (Platform, True),
-    (NodeGroup, "hardware"): (Hardware, False),
-    (Hardware, "gpus"): (Gpus, False),
-    (Platform, "vclusters"): (VCluster, True),
-    (VCluster, "partitions"): (Partition, False),
-    (VCluster, "container_engine"): (ContainerEngine, False),
-    (VCluster, "access"): (Access, False),
-    (ContainerEngine, "hooks"): (ContainerHook, True),
-}
-
-
-def _parent_model(loc: tuple) -> type:
-    """The model that holds the key at loc[-1], found by walking loc from the top."""
-    model: type = SiteSpec
-    skip_name = False
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        if skip_name:
-            skip_name = False
-            continue
-        model, skip_name = _CHILDREN.get((model, part), (model, False))
-    return model
-
-
-def _did_you_mean(key: str, loc: tuple) -> str:
-    fields = sorted(_parent_model(loc).model_fields)
-    match = difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
-    hint = f"did you mean {match[0]!r}?" if match else f"allowed keys here: {', '.join(fields)}"
-    return f"; {hint}"
-
-
 def _explain(err: dict) -> str:
-    loc = tuple(err["loc"])
-    path = _key_path(loc)
-    if err["type"] == "extra_forbidden":
-        return f"{path}: unknown key {loc[-1]!r}{_did_you_mean(str(loc[-1]), loc)}"
-    if err["type"] == "missing":
-        return f"{path}: required key is missing; add it (see sites/local.yaml for an example)"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "value_error":  # our own validators already say what to write
-        return f"{path}: {msg}"
-    value = err.get("input")
-    shown = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) else ""
-    return f"{path}: {msg}{shown}; fix the value (see sites/local.yaml for an example)"
+    return explain(SiteSpec, err, "see sites/local.yaml for an example")
 
 
 def _cross_checks(spec: SiteSpec) -> list[str]:

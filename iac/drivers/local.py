@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from iac.site import Node
+from vocab.site import Node
 
 BOOT_RECORD = "etc/strata/boot.json"
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from services.slurm.control import OUR_PREFIX, SlurmClient, SlurmError
-from services.slurm.files import write_atomic
+from vocab.files import write_atomic
 
 PARTS = Path(__file__).resolve().parent / "parts"
 KINDS = ("prolog", "epilog")

@@ -21,7 +21,7 @@ import pwd
 import struct
 from pathlib import Path
 
-from iac.site import Site, SiteError
+from vocab.site import Site, SiteError
 
 ACL_XATTR = "system.posix_acl_access"
 # struct posix_acl_xattr_header / _entry (linux/posix_acl_xattr.h): le32 version 2, then le16 tag, le16 perm, le32 id

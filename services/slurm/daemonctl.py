@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from services.slurm.daemons import DaemonError, Slurmd
-from services.slurm.files import write_atomic
+from vocab.files import write_atomic
 
 
 def main(argv: list[str] | None = None) -> int:

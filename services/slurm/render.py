@@ -1,7 +1,7 @@
 """Pure rendering of a vCluster's `slurm.conf` and `gres.conf` (Jinja2 templates beside this file).
 
 The inputs are plain dataclasses so that rendering needs no Slurm, no state dir and no site file: the
-IaC layer builds them (`iac/slurm_inputs.py`), `services/slurm/files.py` writes the result.
+IaC layer builds them (`iac/slurm_inputs.py`), `vocab/files.py` writes the result.
 Output is stable: nodes and partitions are sorted, no timestamps.
 """
 

@@ -17,6 +17,8 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vocab.explain import model_at
+
 PROFILES = Path(__file__).resolve().parent / "profiles"
 
 
@@ -79,16 +81,6 @@ class Profile(BaseModel):
     checks: tuple[Check, ...] = Field(min_length=1, description="Checks, run in order on every node.")
 
 
-def _fields_of(data: dict, loc: tuple) -> list[str]:
-    """Known keys where an error occurred, for a "did you mean" hint."""
-    if len(loc) >= 3 and loc[0] == "checks" and isinstance(loc[1], int):
-        kind = (data.get("checks") or [{}])[loc[1]].get("check")
-        model = {m.model_fields["check"].annotation.__args__[0]: m
-                 for m in (GpuMemoryFree, Matmul, AllReduce, DiskWrite, EnvVars)}.get(kind)
-        return list(model.model_fields) if model else []
-    return list(Profile.model_fields)
-
-
 def parse_profile(data: object, source: str) -> Profile:
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: a profile is a mapping with a `checks:` list")
@@ -101,7 +93,8 @@ def parse_profile(data: object, source: str) -> Profile:
             key = ".".join(str(p) for p in loc)
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                near = difflib.get_close_matches(str(loc[-1]), _fields_of(data, loc), n=1)
+                holder = model_at(Profile, err["loc"])  # the check's own model, found through its tag
+                near = difflib.get_close_matches(str(loc[-1]), list(holder.model_fields) if holder else [], n=1)
                 msg = "unknown key" + (f"; did you mean `{near[0]}`?" if near else "")
             elif err["type"] == "union_tag_invalid":
                 msg = f"unknown check {err['input'].get('check')!r}" if isinstance(err["input"], dict) else msg

@@ -71,7 +71,7 @@ class SiteUnderTest:
 
     def set_owner(self, node: str, vcluster: str | None) -> None:
         """Edit the site file: put node into vcluster (None: free pool)."""
-        from iac.site import collect_nodes, expand_nodes
+        from vocab.site import collect_nodes, expand_nodes
 
         for plat in self.data["platforms"].values():
             for v, vc in plat["vclusters"].items():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from iac.plan import make_plan
-from iac.site import expand_nodes, load_site
+from vocab.site import expand_nodes, load_site
 
 ALPS = Path(__file__).resolve().parents[2] / "sites" / "alps.yaml"
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iac.plan import make_plan
-from iac.site import collect_nodes, expand_nodes, parse_site
+from vocab.site import collect_nodes, expand_nodes, parse_site
 
 VCLUSTERS = ("clariden", "bristen", "eiger")
 owner = st.sampled_from((None, *VCLUSTERS))

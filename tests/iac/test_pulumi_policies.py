@@ -22,7 +22,7 @@ from pulumi.runtime.mocks import MockMonitor
 from iac.pulumi_config import StackConfig, read_config, resolve_config
 from iac.pulumi_provider import NodeMembershipProvider
 from iac.pulumi_resources import build_site
-from iac.site import load_site
+from vocab.site import load_site
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "sites/local.yaml"

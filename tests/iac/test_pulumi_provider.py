@@ -20,7 +20,7 @@ import yaml
 
 from iac.ops import SiteOps
 from iac.pulumi_provider import MoveError, NodeMembershipProvider
-from iac.site import load_site
+from vocab.site import load_site
 
 REPO = Path(__file__).resolve().parents[2]
 

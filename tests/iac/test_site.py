@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iac.site import SiteError, load_site, parse_site
+from vocab.site import SiteError, load_site, parse_site
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "sites/local.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from iac.drivers.local import reboot
-from iac.site import load_site
+from vocab.site import load_site
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iac.site import SiteError, parse_site
-from services.layout import Layout
+from vocab.site import SiteError, parse_site
+from vocab.layout import Layout
 from iac.slurm_inputs import slurm_cluster
 from services.slurm.access import AccessError, acl_groups, group_ids, refusal, restrict_dir
 from services.slurm.daemons import Munged

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from iac.site import load_site
+from vocab.site import load_site
 from services.prolog import caches, gpus, jobcache, tuning
 from services.prolog.wrapper import WrapperInputs, render_wrapper
 
@@ -128,7 +128,7 @@ def test_prolog_wrapper_on_a_real_node_uses_slash_as_root():
 
 
 def test_slurm_conf_names_the_wrappers_the_plane_writes(tmp_path):
-    from services.layout import Layout
+    from vocab.layout import Layout
     from iac.slurm_inputs import prolog_wrappers, slurm_cluster
 
     site = load_site(REPO / "sites/local.yaml")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from iac.drivers.local import reboot
-from iac.site import load_site
+from vocab.site import load_site
 from services.prolog import runner
 from services.prolog.runner import Context, discover, drain_reason, part_name, run_parts
 

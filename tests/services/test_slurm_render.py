@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.layout import Layout
-from iac.site import load_site
+from vocab.layout import Layout
+from vocab.site import load_site
 from iac.slurm_inputs import slurm_cluster
 from services.slurm.render import conf_members, render_gres_conf, render_slurm_conf
 
@@ -60,7 +60,7 @@ def test_partition_span_is_cut_to_members(local_site, tmp_path):
 
     data = yaml.safe_load((REPO / "sites/local.yaml").read_text())
     data["platforms"]["ml"]["vclusters"]["clariden"]["partitions"][1]["nodes"] = "nid[005-006]"
-    from iac.site import parse_site
+    from vocab.site import parse_site
 
     site = parse_site(data, "x.yaml")
     text = render_slurm_conf(slurm_cluster(site, Layout.of(site, tmp_path), "clariden", ["nid001", "nid005"]))

@@ -6,9 +6,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from iac.site import load_site
+from vocab.site import load_site
 from iac.slurm_inputs import slurm_cluster
-from services.layout import Layout
+from vocab.layout import Layout
 from services.slurm.render import render_slurm_conf
 from strata.cli import app
 from strata.train_checks import TrainRequestError, capacity_of, check_nodes

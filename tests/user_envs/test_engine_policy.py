@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from iac.site import SiteError, parse_site
+from vocab.site import SiteError, parse_site
 from user_envs import hooks
 from user_envs.bundle import RunSpec, build_config
 from user_envs.edf import Mount
@@ -147,7 +147,7 @@ def test_policy_refuses_root_and_parents_of_the_hosts_munge_dir(tmp_path):
 
 def test_engine_config_protects_the_state_dir_from_a_mount_of_its_parent(tmp_path):
     """The issue's case: STRATA_STATE=/srv/strata, `mounts = ["/srv:/srv"]`, /srv allowlisted."""
-    from services.layout import Layout
+    from vocab.layout import Layout
     from user_envs.install import engine_config
 
     data = site_with({"mount_allowlist": [str(tmp_path / "srv")]})

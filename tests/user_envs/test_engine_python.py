@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iac.site import SiteError, load_site
+from vocab.site import SiteError, load_site
 from user_envs.install import closed_to_users, engine_python
 
 REPO = Path(__file__).resolve().parents[2]

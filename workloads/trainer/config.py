@@ -7,12 +7,13 @@ result. Unknown keys are rejected with a "did you mean" naming the file (or the 
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vocab.explain import did_you_mean
 
 from .model.args import PRESETS, ModelArgs, check_shape, get_preset
 
@@ -220,8 +221,7 @@ class TrainerConfig(_Section):
 
 
 def _suggest(key: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(choices)}"
+    return f"; {did_you_mean(key, choices)}"
 
 
 def check_keys(data: dict, schema: type[BaseModel] = TrainerConfig, *, source: str, prefix: str = "") -> None:
