@@ -12,6 +12,7 @@ from iac import nodes_cli
 from iac.cli_common import console, err, handle_errors, ops_for, site_option
 from vocab.layout import Layout, state_root
 from vocab.site import load_site
+from vocab.names import FREE, FREE_POOL_NAME, owner_name
 
 def _report(outcomes) -> None:
     if not outcomes:
@@ -22,7 +23,7 @@ def _report(outcomes) -> None:
         colour = "green" if o.ok else "red"
         # the detail quotes Slurm and job text verbatim: only the result word is styled
         line = Text(f"{o.result:8}", style=colour)
-        line.append(f" {o.node}: {o.source or 'free pool'} -> {o.target or 'free pool'}"
+        line.append(f" {o.node}: {owner_name(o.source)} -> {owner_name(o.target)}"
                     + (f"  ({o.report})" if o.report else ""))
         console.print(line, highlight=False, soft_wrap=True)
     if bad:
@@ -103,8 +104,8 @@ def register(app: typer.Typer) -> None:
                     t.add_row(p["platform"] if i == 0 else "", v["vcluster"] if i == 0 else "", ctl if i == 0 else "",
                               n["node"], n["state"] + note, n["reason"], n["slurmd"])
         for i, n in enumerate(st["free_pool"]):
-            note = f"moving -> {n['moving_to']}" if n["moving_to"] else "free"
-            t.add_row("" if i else "(free pool)", "", "", n["node"], note, "", "stopped")
+            note = f"moving -> {n['moving_to']}" if n["moving_to"] else FREE
+            t.add_row("" if i else f"({FREE_POOL_NAME})", "", "", n["node"], note, "", "stopped")
         console.print(t)
 
     @app.command()

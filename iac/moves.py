@@ -21,13 +21,7 @@ from iac.plane import Plane, configure_nodes, stop_slurmd
 from vocab.site import Site, collect_nodes
 from iac.stranded import stranded_jobs
 from services.slurm.control import NodeState
-
-MOVING = "strata: moving to "
-
-
-def move_reason(target: str | None) -> str:
-    return MOVING + (target or "free pool")
-
+from vocab.names import MOVING, move_reason, owner_key
 
 @dataclass
 class Outcome:
@@ -65,7 +59,7 @@ class MoveRunner:
     def run(self, plan: Plan) -> list[Outcome]:
         for m in plan.moves:
             self.outcomes[m.node] = Outcome(m.node, m.source, m.target)
-            self.journal.record("move", "start", m.node, source=m.source or "free", target=m.target or "free")
+            self.journal.record("move", "start", m.node, source=owner_key(m.source), target=owner_key(m.target))
         for n in plan.finish:
             owner = self._owner(n)
             self.outcomes[n] = Outcome(n, owner, owner)
@@ -82,13 +76,13 @@ class MoveRunner:
             if o.result == "pending":
                 o.result = "moved"
             if o.ok:
-                self.journal.record("move", "done", m.node, target=m.target or "free")
+                self.journal.record("move", "done", m.node, target=owner_key(m.target))
         for n in plan.finish:
             o = self.outcomes[n]
             if o.result == "pending":
                 o.result = "finished"
                 # the interrupted move is over: without this record every later plan would finish it again
-                self.journal.record("move", "done", n, target=o.target or "free")
+                self.journal.record("move", "done", n, target=owner_key(o.target))
         return list(self.outcomes.values())
 
     def _owner(self, node: str) -> str | None:

@@ -11,6 +11,7 @@ from iac.cli_common import console, err, handle_errors, ops_for, site_option
 from iac.moves import MOVING
 from vocab.site import expand_nodes
 from services.prolog.runner import load_checks, summarize
+from vocab.names import FREE, FREE_POOL_NAME
 
 
 def node_rows(ops) -> list[dict]:
@@ -21,7 +22,7 @@ def node_rows(ops) -> list[dict]:
         for vc in plat["vclusters"]:
             for n in vc["nodes"]:
                 rows.append({"node": n["node"], "vcluster": vc["vcluster"], "state": n["state"], "reason": n["reason"]})
-    rows += [{"node": n["node"], "vcluster": None, "state": "free", "reason": ""} for n in st["free_pool"]]
+    rows += [{"node": n["node"], "vcluster": None, "state": FREE, "reason": ""} for n in st["free_pool"]]
     for r in rows:
         r["checks"] = load_checks(ops.layout.node_dir(r["node"]))
     return sorted(rows, key=lambda r: r["node"])
@@ -44,7 +45,7 @@ def register(app: typer.Typer) -> None:
             return
         # plain aligned columns, never cut: reasons and check figures are what an engineer greps for
         table = [("NODE", "VCLUSTER", "STATE", "REASON", "LAST CHECKS")] + [
-            (r["node"], r["vcluster"] or "(free pool)", r["state"], r["reason"] or "-", summarize(r["checks"]) or "-")
+            (r["node"], r["vcluster"] or f"({FREE_POOL_NAME})", r["state"], r["reason"] or "-", summarize(r["checks"]) or "-")
             for r in rows]
         widths = [max(len(row[i]) for row in table) for i in range(4)]
         for row in table:

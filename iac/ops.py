@@ -20,6 +20,7 @@ from vocab.site import Site
 from services.ansible.engine import install_container_engine
 from services.slurm.control import SlurmError
 from services.slurm.daemons import DaemonError, check_installed
+from vocab.names import owner_key
 
 
 class StateError(Exception):
@@ -101,7 +102,7 @@ class SiteOps:
 
     def pending_resume(self, observed: dict[str, str | None]) -> set[str]:
         """Nodes in their vCluster whose move did not reach its resume step."""
-        pending = {n for n, t in self.journal.moving().items() if (observed.get(n) or "free") == t and observed.get(n)}
+        pending = {n for n, t in self.journal.moving().items() if owner_key(observed.get(n)) == t and observed.get(n)}
         for v, plane in self.planes.items():
             if not plane.ctld.pid():
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from vocab.site import Site, collect_nodes
+from vocab.names import owner_name
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class Move:
     target: str | None
 
     def describe(self) -> str:
-        return f"{self.node}: {self.source or 'free pool'} -> {self.target or 'free pool'}"
+        return f"{self.node}: {owner_name(self.source)} -> {owner_name(self.target)}"
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Plan:
         for m in self.moves:
             groups.setdefault((m.source, m.target), []).append(m.node)
         return [
-            f"{collect_nodes(nodes)}: {s or 'free pool'} -> {t or 'free pool'}" for (s, t), nodes in groups.items()
+            f"{collect_nodes(nodes)}: {owner_name(s)} -> {owner_name(t)}" for (s, t), nodes in groups.items()
         ]
 
 

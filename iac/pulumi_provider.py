@@ -23,7 +23,8 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-FREE = ""  # the `vcluster` input of a node in the free pool
+from vocab.names import FREE, owner_key, owner_name
+
 
 # Inputs a NodeMembership is made of. A change of `vcluster` is a move (an update); a change of the node,
 # the site or its state dir names a different real thing, so it replaces the membership.
@@ -121,17 +122,17 @@ def _move(props: dict[str, Any]) -> dict[str, Any]:
     node, target = props["node"], props.get("vcluster") or FREE
     log: list[str] = []
     ops = _ops(props, log)
-    outcomes = ops.apply(desired={node: target or None}, timeout=float(props["timeout"]), force=bool(props["force"]))
+    outcomes = ops.apply(desired={node: None if target == FREE else target}, timeout=float(props["timeout"]), force=bool(props["force"]))
     for o in outcomes:
         if o.node == node and not o.ok:
             raise MoveError(
-                f"{node}: {o.result} moving {o.source or 'free pool'} -> {o.target or 'free pool'}: {o.detail}\n"
+                f"{node}: {o.result} moving {owner_name(o.source)} -> {owner_name(o.target)}: {o.report}\n"
                 + "\n".join(log)
                 + "\nfix the cause and run `pulumi up` again: the move resumes where it stopped"
             )
     owner = ops.observe().get(node)
-    if (owner or FREE) != target:  # apply reported no failure, so this is a bug in the move code
-        raise MoveError(f"{node}: asked for {target or 'free pool'} but it is in {owner or 'free pool'}\n" + "\n".join(log))
+    if owner_key(owner) != target:  # apply reported no failure, so this is a bug in the move code
+        raise MoveError(f"{node}: asked for {target} but it is in {owner_name(owner)}\n" + "\n".join(log))
     return {**props, "vcluster": target, "slurm_state": _slurm_state(ops, node, owner)}
 
 
@@ -140,7 +141,7 @@ def _slurm_state(ops, node: str, owner: str | None) -> str:
     from services.slurm.control import SlurmError
 
     if owner is None:
-        return "free"
+        return FREE
     plane = ops.planes.get(owner)
     if plane is None or not plane.running():
         return "controller down"

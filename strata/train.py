@@ -7,10 +7,8 @@ Composition only: where the vCluster's Slurm is comes from the IaC layer, the sc
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,16 +19,12 @@ from rich.console import Console
 from iac.cli_common import DEFAULT_SITE, handle_errors
 from vocab.layout import Layout, state_root
 from vocab.site import load_site
+from services.slurm.control import SlurmClient, SlurmError
 from strata.train_checks import TrainRequestError, capacity_of, check_nodes
 
 REPO = Path(__file__).resolve().parent.parent
 console = Console(emoji=False)  # Slurm writes ":B:" in NtasksPerN:B:S:C, which rich would draw as an emoji
 err = Console(stderr=True, soft_wrap=True, emoji=False)
-
-
-def job_state(env: dict, job: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True).stdout
-    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
 
 
 def read_steps(metrics: Path) -> list[dict]:
@@ -138,20 +132,20 @@ def register(app: typer.Typer) -> None:
             master_addr="127.0.0.1" if s.spec.driver == "local" else None,
         )
         (run_dir / "job.sbatch").write_text(script)
-        env = {**os.environ, "SLURM_CONF": str(layout.slurm_conf(vcluster))}
+        slurm = SlurmClient(layout.slurm_conf(vcluster))
         metrics = run_dir / "metrics.jsonl"
         before = max((r["step"] for r in read_steps(metrics)), default=0)  # a job resumes its run dir
-        r = subprocess.run(["sbatch", "--parsable"], input=script, env=env, capture_output=True, text=True)
-        if r.returncode != 0:
-            err.print(f"error: sbatch on {vcluster} failed: {r.stderr.strip()} (is the site up? `strata up`)")
+        try:
+            job = slurm.submit(script)
+        except SlurmError as e:
+            err.print(f"error: on {vcluster}: {e} (is the site up? `strata up`)", highlight=False, markup=False)
             raise typer.Exit(1)
-        job = r.stdout.strip().split(";")[0]
         console.print(f"submitted job {job} to {vcluster} ({nodes} node(s), config {config}); run dir {run_dir}")
         if not wait:
             return
         with console.status(f"job {job} on {vcluster}") as status:
             while True:
-                info = job_state(env, job)
+                info = slurm.job(job)
                 state = info.get("JobState", "UNKNOWN")
                 status.update(f"job {job} on {vcluster}: {state} {info.get('NodeList', '')}")
                 if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vocab.site import Site
+from vocab.names import MUNGE_SOCKET
 
 DEFAULT_STATE = "/var/lib/strata"
 # the embedded local site, found from the installed code (so `cd / && strata status` works too)
@@ -80,7 +81,7 @@ class Layout:
         return self.vcluster_dir(vcluster) / "munge"
 
     def munge_socket(self, vcluster: str) -> Path:
-        return self.munge_dir(vcluster) / "munge.sock"
+        return self.munge_dir(vcluster) / MUNGE_SOCKET
 
     def ctld_dir(self, vcluster: str) -> Path:
         return self.vcluster_dir(vcluster) / "ctld"

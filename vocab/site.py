@@ -7,7 +7,6 @@ or raises `SiteError` whose lines name the file, the key path and a fix.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,9 +18,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vocab.explain import explain
+from vocab.names import FREE, FREE_POOL
 
 NAME_RE = r"^[a-z][a-z0-9_-]{0,30}$"
-FREE_POOL = None  # the owner of a node that belongs to no vCluster
 
 
 class SiteError(Exception):
@@ -286,7 +285,7 @@ class Site:
     def image_of(self, vcluster: str | None) -> str:
         """The image a node boots into for its vCluster (the free pool boots `free`)."""
         if vcluster is None:
-            return "free"
+            return FREE
         return self.vclusters[vcluster].image or vcluster
 
     def vcluster_index(self, vcluster: str) -> int:
@@ -319,6 +318,8 @@ def _cross_checks(spec: SiteSpec) -> list[str]:
             key = f"platforms.{pname}.vclusters.{vname}"
             if not re.match(NAME_RE, vname):
                 problems.append(f"{key}: bad vCluster name; use lower-case letters, digits, '-' or '_'")
+            elif vname == FREE:
+                problems.append(f"{key}: {FREE!r} names the free pool (nodes in no vCluster); pick another name")
             if vname in vnames:
                 problems.append(f"{key}: vCluster {vname} is also defined in platform {vnames[vname]}; rename one")
             vnames.setdefault(vname, pname)

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from vocab.site import Node
+from vocab.names import owner_key
 
 BOOT_RECORD = "etc/strata/boot.json"
 
@@ -35,7 +36,7 @@ def _mkdev(path: Path, minor: int) -> None:
 
 def reboot(node: Node, root: Path, vcluster: str | None, image: str) -> bool:
     """Reset the node root for `vcluster` booting `image`; False if already booted for it."""
-    target = vcluster or "free"
+    target = owner_key(vcluster)
     if booted_for(root) == target and (root / BOOT_RECORD).exists():
         return False
     new = root.with_name("root.new")

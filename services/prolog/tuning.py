@@ -11,8 +11,8 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from vocab.names import THP_MODES
 
-THP_MODES = ("always", "madvise", "never")
 THP_FEATURES = tuple(f"thp_{m}" for m in THP_MODES)
 VBOOST_FEATURES = ("nvidia_vboost_enabled", "nvidia_vboost_disabled")
 VETNODE_FEATURE = "vetnode"

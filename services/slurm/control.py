@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hostlist
+from vocab.names import OUR_PREFIX
 
-OUR_PREFIX = "strata:"  # drain reasons we set start with this; we never clear anyone else's
 
 
 class SlurmError(Exception):
@@ -134,6 +134,19 @@ class SlurmClient:
         """Ids of jobs running or completing on node."""
         out = self.run("squeue", "-h", "-w", node, "-t", "RUNNING,COMPLETING,CONFIGURING,SUSPENDED", "-o", "%i")
         return [j for j in out.split() if j]
+
+    def submit(self, script: str) -> str:
+        """sbatch a batch script (its #SBATCH lines say the rest); the job id."""
+        r = subprocess.run(["sbatch", "--parsable"], input=script, env=self.env, capture_output=True, text=True,
+                           timeout=120)
+        if r.returncode != 0:
+            raise SlurmError(f"sbatch failed: {(r.stderr or r.stdout).strip()}")
+        return r.stdout.strip().split(";")[0]
+
+    def job(self, job: str) -> dict[str, str]:
+        """`scontrol show job` of one job as key -> value ({} once Slurm has forgotten it)."""
+        out = self.run("scontrol", "show", "job", "-o", job, check=False)
+        return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
 
     def pending_jobs(self) -> list[PendingJob]:
         """Jobs pending in the vCluster (squeue lists a job pending in several partitions once per partition)."""

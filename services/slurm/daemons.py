@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from vocab.names import MUNGE_SOCKET
 
 
 class DaemonError(Exception):
@@ -140,7 +141,7 @@ class Munged:
 
     @property
     def socket(self) -> Path:
-        return self.dir / "munge.sock"
+        return self.dir / MUNGE_SOCKET
 
     @property
     def pidfile(self) -> Path:

@@ -154,10 +154,6 @@ def test_access_set_on_a_running_site_closes_it_at_the_next_up(acs):
     assert munge.stat().st_mode & 0o777 == 0o755
 
 
-def _gid(group: str) -> str:
-    return subprocess.run(["getent", "group", group], capture_output=True, text=True).stdout.split(":")[2]
-
-
 def test_a_missing_group_stops_a_fresh_up_with_the_key_that_names_it(tmp_path):
     require_slurm()
     s = SiteUnderTest(tmp_path)

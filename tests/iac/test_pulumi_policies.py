@@ -163,7 +163,7 @@ def test_membership_change_is_an_update_not_a_replace(tmp_path):
     d = provider.diff("local/nid006", olds, news)
     assert d.changes is True and d.replaces == []
     # to or from the free pool is a move as well
-    assert provider.diff("local/nid006", olds, {**olds, "vcluster": ""}).replaces == []
+    assert provider.diff("local/nid006", olds, {**olds, "vcluster": "free"}).replaces == []
     # nothing changed: no update (outputs and the serialized provider do not count)
     assert provider.diff("local/nid006", olds, {**olds, "slurm_state": None, "__provider": "x"}).changes is False
     # a different node or site is a different real thing: replaced, its node given back first

@@ -122,7 +122,7 @@ def test_create_update_delete_move_the_node(site):
 
     p.delete(created.id, updated)  # alpha -> free pool
     assert "nid003" not in slurm_nodes(state, "pulumitest", "alpha") | slurm_nodes(state, "pulumitest", "beta")
-    assert p.read(created.id, updated).outs == {**updated, "vcluster": "", "slurm_state": "free"}
+    assert p.read(created.id, updated).outs == {**updated, "vcluster": "free", "slurm_state": "free"}
     p.delete(created.id, updated)  # deleting again is harmless
 
 

@@ -116,3 +116,8 @@ def test_cli_exits_2_and_names_the_key_without_traceback(tmp_path, data):
     assert "platforms.ml.vclusters.clariden.imgae: unknown key 'imgae'; did you mean 'image'?" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "state").exists()  # bad input changes nothing
+
+
+def test_a_vcluster_may_not_be_named_like_the_free_pool(data):
+    data["platforms"]["hpc"]["vclusters"]["free"] = {"nodes": ""}
+    assert "platforms.hpc.vclusters.free: 'free' names the free pool" in errors(data)

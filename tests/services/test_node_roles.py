@@ -94,3 +94,15 @@ def test_install_keeps_a_sites_own_parts_and_drops_parts_we_no_longer_ship(tmp_p
     assert install(root, packaged)
     assert sorted(p.name for p in (root / "etc/strata/prolog.d").iterdir()) == [".strata-managed", "10-a.py", "50-site"]
     assert not install(root, packaged)
+
+
+def test_the_node_side_tuning_script_knows_the_same_thp_modes_as_strata():
+    import importlib.util
+
+    from vocab.names import THP_MODES
+
+    path = Path(__file__).resolve().parents[2] / "services/ansible/roles/node_tuning/files/node_tuning.py"
+    spec = importlib.util.spec_from_file_location("node_tuning_file", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.THP_MODES == THP_MODES

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HEADER = "# Managed by strata (node_tuning role): do not edit, changes are overwritten.\n"
-THP_MODES = ("always", "madvise", "never")
+THP_MODES = ("always", "madvise", "never")  # this file ships alone to nodes: vocab.names.THP_MODES, pinned by a test
 PERSISTENCED = "etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service"
 
 
