@@ -17,7 +17,9 @@ from iac.drivers import local
 from iac.journal import Journal
 from vocab.layout import Layout
 from iac.plan import Move, Plan
-from iac.plane import Plane, configure_nodes, stop_slurmd
+from iac.plane import Plane
+from services.ansible.slurm_node import configure_nodes
+from services.slurm.daemons import stop_slurmd
 from vocab.site import Site, collect_nodes
 from iac.stranded import stranded_jobs
 from services.slurm.control import NodeState

@@ -15,11 +15,12 @@ from iac.journal import Journal
 from vocab.layout import Layout
 from iac.moves import MOVING, MoveRunner, Outcome
 from iac.plan import Plan, make_plan
-from iac.plane import Plane, configure_nodes, running_slurmd, stop_slurmd
+from iac.plane import Plane
+from services.ansible.slurm_node import configure_nodes
 from vocab.site import Site
 from services.ansible.engine import install_container_engine
 from services.slurm.control import SlurmError
-from services.slurm.daemons import DaemonError, check_installed
+from services.slurm.daemons import DaemonError, check_installed, running_slurmd, stop_slurmd
 from vocab.names import owner_key
 
 

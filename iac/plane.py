@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 
 from vocab.layout import Layout
 from vocab.site import Site
 from iac.slurm_inputs import prolog_wrappers, slurm_cluster
-from services.ansible.runner import run_playbook
 from services.slurm.access import groups_key
 from services.slurm.control import SlurmClient
-from services.slurm.daemons import Munged, Slurmctld, owned_pid, stop_pid
+from services.slurm.daemons import Munged, Slurmctld, running_slurmd
 from vocab.files import write_atomic
 from services.slurm.render import conf_members, render_gres_conf, render_slurm_conf
 
@@ -111,39 +108,3 @@ class Plane:
     def down(self) -> None:
         self.ctld.stop()
         self.munged.stop()
-
-
-def running_slurmd(layout: Layout, node: str) -> int | None:
-    """Pid of the node's slurmd, whichever vCluster it serves."""
-    return owned_pid(layout.slurmd_pidfile(node), "slurmd", node)
-
-
-def stop_slurmd(layout: Layout, node: str) -> bool:
-    """Stop the node's slurmd by pid, whichever vCluster it serves; True if one was running."""
-    pid = running_slurmd(layout, node)
-    if pid:
-        stop_pid(pid, f"slurmd of {node}")
-    return bool(pid)
-
-
-def configure_nodes(site: Site, layout: Layout, owners: dict[str, str | None], label: str) -> None:
-    """Run the slurm_node playbook: slurmd started for nodes given a vCluster, stopped for None."""
-    if not owners:
-        return
-    hosts = {}
-    for node, vc in owners.items():
-        d = layout.node_dir(node)
-        # a stopped node's slurmd is found by pid; its conf path only matters for starting
-        conf = layout.slurm_conf(vc) if vc else Path("/dev/null")
-        hosts[node] = {
-            "slurm_node_state": "started" if vc else "stopped",
-            "strata_vcluster": vc or "",
-            "strata_node_root": str(layout.node_root(node)),
-            "slurm_conf": str(conf),
-            "slurmd_spool": str(d / "spool"),
-            "slurmd_pidfile": str(layout.slurmd_pidfile(node)),
-            "slurmd_log": str(d / "log/slurmd.log"),
-            "slurmd_port": layout.node_port(node),
-            "strata_python": sys.executable,
-        }
-    run_playbook("slurm_node", hosts, layout.ansible_dir, label)

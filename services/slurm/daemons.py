@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from vocab.layout import Layout
 from vocab.names import MUNGE_SOCKET
 
 
@@ -265,3 +266,18 @@ class Slurmd:
             return False
         stop_pid(pid, f"slurmd of {self.node}")
         return True
+
+
+# ---- a node's slurmd, found by pid whichever vCluster it serves ----
+
+def running_slurmd(layout: Layout, node: str) -> int | None:
+    """Pid of the node's slurmd, whichever vCluster it serves."""
+    return owned_pid(layout.slurmd_pidfile(node), "slurmd", node)
+
+
+def stop_slurmd(layout: Layout, node: str) -> bool:
+    """Stop the node's slurmd by pid, whichever vCluster it serves; True if one was running."""
+    pid = running_slurmd(layout, node)
+    if pid:
+        stop_pid(pid, f"slurmd of {node}")
+    return bool(pid)
