@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from services.slurm.control import SlurmClient
 from vocab.layout import Layout
 from vocab.names import MUNGE_SOCKET
 
@@ -211,10 +212,10 @@ class Slurmctld:
 
     def wait_ready(self, timeout: float = 20) -> None:
         """Until the controller answers RPCs (it keeps jobs across restarts via its state dir)."""
-        env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        slurm = SlurmClient(self.conf)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if subprocess.run(["scontrol", "ping"], env=env, capture_output=True).returncode == 0:
+            if slurm.ping():
                 return
             if not self.pid():
                 break

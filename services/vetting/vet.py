@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+
+import hostlist
 
 from services.vetting.checks import RUN, Result
 from services.vetting.profile import Profile
@@ -36,7 +37,7 @@ def _master_addr() -> str:
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodelist:
         return "127.0.0.1"
-    first = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True).stdout.split()
+    first = hostlist.expand_hostlist(nodelist)[:1]  # what `scontrol show hostnames` prints, without a client call
     # the local site's nodes all live on this host (NodeAddr=127.0.0.1): their names do not resolve
     try:
         return socket.gethostbyname(first[0]) if first else "127.0.0.1"
