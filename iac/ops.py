@@ -42,6 +42,12 @@ class SiteOps:
 
         Only root may: the local driver starts and stops every daemon of the site as root.
         """
+        # TODO(issue 8): remove once the ssh driver is wired. Until then refuse an ssh site here (every command
+        # that starts, moves or stops daemons takes this lock) rather than run the local driver on it.
+        if self.site.spec.driver == "ssh":
+            raise StateError(f"the ssh driver cannot yet start a site: {self.site.path} says driver: ssh, and strata "
+                             "drives only the local driver's emulated nodes so far; `strata plan` shows this site's "
+                             "moves, and a site with driver: local (the default sites/local.yaml) runs here")
         if self.site.spec.driver == "local" and os.geteuid() != 0:
             raise StateError(f"site {self.site.name} runs its Slurm daemons as root: run this command as root "
                              f"(e.g. sudo strata …); you are uid {os.geteuid()}")

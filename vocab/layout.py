@@ -5,7 +5,8 @@ that finds them: iac (moves, the plane), services (prolog wrappers), user_envs (
 on the site model only, so it lives below all of them.
 
 State lives under `$STRATA_STATE/<site>/` (default `/var/lib/strata`):
-`vclusters/<name>/{etc,munge,ctld,log}`, `nodes/<nid>/{root,spool,log}`, `journal.jsonl`, `ansible/`.
+`vclusters/<name>/{etc,munge,ctld,log}`, `nodes/<nid>/{root,spool,log}`, `journal.jsonl`, `ansible/`,
+`ssh/` (driver: ssh).
 Ports are fixed per site: a node keeps its slurmd port when it moves, so a move never renumbers.
 """
 
@@ -69,6 +70,17 @@ class Layout:
     @property
     def ansible_dir(self) -> Path:
         return self.root / "ansible"
+
+    # ---- the ssh driver's login: the site file's paths, else these under the state dir ----
+    @property
+    def ssh_key(self) -> Path:
+        """Private key strata logs in with (`ssh.key`, default `ssh/id_ed25519`)."""
+        return Path(self.site.ssh.key) if self.site.ssh.key else self.root / "ssh" / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        """The hosts' keys strata checks (`ssh.known_hosts`, default `ssh/known_hosts`)."""
+        return Path(self.site.ssh.known_hosts) if self.site.ssh.known_hosts else self.root / "ssh" / "known_hosts"
 
     # ---- per vCluster ----
     def vcluster_dir(self, vcluster: str) -> Path:

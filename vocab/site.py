@@ -2,7 +2,8 @@
 
 A site file lists the bare-metal nodes (hardware facts, labels) and groups them into platforms and
 vClusters. Nodes in no vCluster form the free pool. `load_site` turns a YAML file into a frozen `Site`
-or raises `SiteError` whose lines name the file, the key path and a fix.
+or raises `SiteError` whose lines name the file, the key path and a fix. A real site (`driver: ssh`) also
+gives node addresses, a controller host per vCluster, the SSH login and a reboot command (vocab/ssh.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vocab.explain import explain
 from vocab.names import FREE, FREE_POOL
+from vocab.ssh import Controller, Reboot, Ssh, check_addresses, expand_addresses
 
 NAME_RE = r"^[a-z][a-z0-9_-]{0,30}$"
 
@@ -75,8 +77,23 @@ class NodeGroup(_Model):
     """Nodes that share hardware and labels, named by one hostlist."""
 
     names: str = Field(description="Hostlist of node names, e.g. nid[001-008].")
-    hardware: Hardware
+    hardware: Hardware = Field(description="Hardware of every node of the group.")
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels (rack, cabinet, …).")
+    addresses: str | None = Field(
+        None, description="driver: ssh only: the nodes' IPv4 addresses as a range written like a hostlist, one "
+        "per node, in the order of `names` (e.g. 198.18.1.[1-8] for nid[001-008]); strata reaches each node "
+        "there over SSH, and it is the node's Slurm NodeAddr."
+    )
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses_are_ipv4(cls, v: str | None) -> str | None:
+        if v is not None:
+            addrs = expand_addresses(v)
+            if not addrs:
+                raise ValueError("no addresses given; write one IPv4 address per node, e.g. 198.18.1.[1-8]")
+            check_addresses(addrs, "give each node the unicast IPv4 address it is reached at, e.g. 198.18.1.[1-8]")
+        return v
 
     @field_validator("names")
     @classmethod
@@ -93,7 +110,7 @@ class NodeGroup(_Model):
 class Partition(_Model):
     """A Slurm partition of a vCluster."""
 
-    name: str = Field(pattern=NAME_RE)
+    name: str = Field(pattern=NAME_RE, description="Partition name (sbatch -p).")
     default: bool = Field(False, description="Jobs without -p go here.")
     max_time: str = Field("INFINITE", description="Slurm MaxTime (e.g. 12:00:00).")
     nodes: str | None = Field(None, description="Hostlist of the nodes it spans; default: all members.")
@@ -184,7 +201,10 @@ class VCluster(_Model):
     access: Access | None = Field(
         None, description="Which Unix groups may use the vCluster; unset: every local user may (open)."
     )
-    description: str = ""
+    controller: Controller | None = Field(
+        None, description="driver: ssh only (and required there): the host running its munged + slurmctld."
+    )
+    description: str = Field("", description="What the vCluster is for (shown by strata status).")
 
     @field_validator("nodes", mode="before")
     @classmethod
@@ -210,8 +230,8 @@ class VCluster(_Model):
 class Platform(_Model):
     """A group of vClusters serving one community (ml, hpc, climate)."""
 
-    description: str = ""
-    vclusters: dict[str, VCluster] = Field(default_factory=dict)
+    description: str = Field("", description="What the platform serves.")
+    vclusters: dict[str, VCluster] = Field(default_factory=dict, description="Its vClusters by name.")
 
 
 class Ports(_Model):
@@ -226,10 +246,16 @@ class SiteSpec(_Model):
     """The site file, as written."""
 
     site: str = Field(pattern=NAME_RE, description="Site name; also the state dir's subfolder.")
-    driver: Literal["local", "ssh"] = Field("local", description="How nodes are reached.")
-    ports: Ports = Field(default_factory=Ports)
+    driver: Literal["local", "ssh"] = Field(
+        "local", description="How nodes are reached: local (emulated on this host) or ssh (real hosts)."
+    )
+    ports: Ports = Field(default_factory=Ports, description="TCP ports of the local driver's daemons.")
     nodes: tuple[NodeGroup, ...] = Field(description="Node groups.")
-    platforms: dict[str, Platform] = Field(default_factory=dict)
+    platforms: dict[str, Platform] = Field(default_factory=dict, description="Platforms and their vClusters.")
+    ssh: Ssh | None = Field(None, description="driver: ssh only: how strata logs in (default: root, port 22, "
+                            "key and known_hosts under the state dir).")
+    reboot: Reboot | None = Field(None, description="driver: ssh only (and required there): how a node boots "
+                                  "into an image.")
 
 
 @dataclass(frozen=True)
@@ -240,6 +266,7 @@ class Node:
     index: int  # position in the site file; fixes the node's port on the local driver
     hardware: Hardware
     labels: dict[str, str]
+    address: str | None = None  # driver: ssh: where the node is reached; None on the local driver
 
 
 @dataclass(frozen=True)
@@ -257,9 +284,16 @@ class Site:
     def nodes(self) -> dict[str, Node]:
         out: dict[str, Node] = {}
         for group in self.spec.nodes:
-            for name in expand_nodes(group.names):
-                out[name] = Node(name, len(out), group.hardware, dict(group.labels))
+            names = expand_nodes(group.names)
+            addrs = expand_addresses(group.addresses) if group.addresses else [None] * len(names)
+            for name, addr in zip(names, addrs, strict=True):
+                out[name] = Node(name, len(out), group.hardware, dict(group.labels), addr)
         return out
+
+    @property
+    def ssh(self) -> Ssh:
+        """How to log in to the site's hosts (the defaults when the file has no `ssh:`)."""
+        return self.spec.ssh or Ssh()
 
     @cached_property
     def vclusters(self) -> dict[str, VCluster]:
@@ -344,6 +378,74 @@ def _cross_checks(spec: SiteSpec) -> list[str]:
     return problems
 
 
+_SSH_ONLY = "belongs to driver: ssh (the local driver runs every node and controller on this host); " \
+            "remove it, or set driver: ssh"
+
+
+def _driver_checks(spec: SiteSpec) -> list[str]:
+    """What the driver needs and refuses: addresses, controllers and a reboot command on ssh, none on local;
+    every host (node or controller) with its own name and address."""
+    vcs = [(f"platforms.{p}.vclusters.{v}", v, vc) for p, plat in spec.platforms.items()
+           for v, vc in plat.vclusters.items()]
+    if spec.driver == "local":
+        given = [f"nodes[{i}].addresses" for i, g in enumerate(spec.nodes) if g.addresses is not None]
+        given += [f"{key}.controller" for key, _, vc in vcs if vc.controller is not None]
+        given += [k for k in ("ssh", "reboot") if getattr(spec, k) is not None]
+        return [f"{k}: {_SSH_ONLY}" for k in given]
+
+    problems: list[str] = []
+    holder: dict[str, tuple[str, str]] = {}  # address -> (host, key of its address)
+    repeats: dict[tuple[str, str], list[str]] = {}  # (key here, key there) -> "addr (host here) ... host there"
+
+    def claim(addr: str, host: str, key: str) -> None:
+        if addr in holder:
+            there_host, there = holder[addr]
+            line = f"{addr} ({host}) is also the address of {there_host} ({there})"
+            repeats.setdefault((key, there), []).append(line)
+        holder.setdefault(addr, (host, key))
+
+    node_group: dict[str, int] = {}
+    for i, g in enumerate(spec.nodes):
+        names = expand_nodes(g.names)
+        node_group.update(dict.fromkeys(names, i))
+        key = f"nodes[{i}].addresses"
+        if g.addresses is None:
+            problems.append(f"{key}: required with driver: ssh: one IPv4 address per node of {g.names}, in order; "
+                            f"add e.g. addresses: \"198.18.1.[1-{len(names)}]\"")
+            continue
+        addrs = expand_addresses(g.addresses)
+        if len(addrs) != len(names):
+            problems.append(f"{key}: {len(addrs)} addresses for {len(names)} nodes ({g.names}); give one address "
+                            "per node, in the order of names")
+        for name, addr in zip(names, addrs):
+            claim(addr, name, key)
+
+    ctl_of: dict[str, str] = {}  # controller host -> vCluster
+    for key, vname, vc in vcs:
+        c = vc.controller
+        if c is None:
+            problems.append(f"{key}.controller: required with driver: ssh: the host that runs the vCluster's munged "
+                            f"and slurmctld (every vCluster has one, also while it has no nodes); add e.g. "
+                            f"controller: {{host: {vname}-ctl, address: <its IPv4 address>}}")
+            continue
+        if c.host in node_group:
+            problems.append(f"{key}.controller.host: {c.host} is also a node (nodes[{node_group[c.host]}].names); "
+                            "a controller is its own host: give it another name")
+        elif c.host in ctl_of:
+            problems.append(f"{key}.controller.host: {c.host} is also the controller of vCluster {ctl_of[c.host]}; "
+                            "each vCluster has its own controller host (its own munged and slurmctld): give it another")
+        ctl_of.setdefault(c.host, vname)
+        claim(c.address, f"controller {c.host}", f"{key}.controller.address")
+
+    for (key, _), lines in repeats.items():
+        more = f", and {len(lines) - 1} more of its addresses repeat there" if len(lines) > 1 else ""
+        problems.append(f"{key}: {lines[0]}{more}; give each host its own address")
+    if spec.reboot is None:
+        problems.append("reboot: required with driver: ssh: how a node boots into its vCluster's image; add e.g. "
+                        "reboot: {command: \"bootctl --node {node} --image {image}\", timeout: 300}")
+    return problems
+
+
 def parse_site(data: Any, path: str | Path) -> Site:
     """Validate already-parsed YAML data as a site; raise SiteError listing every problem."""
     if not isinstance(data, dict):
@@ -352,7 +454,7 @@ def parse_site(data: Any, path: str | Path) -> Site:
         spec = SiteSpec.model_validate(data)
     except ValidationError as e:
         raise SiteError(path, [_explain(err) for err in e.errors()]) from None
-    problems = _cross_checks(spec)
+    problems = _cross_checks(spec) + _driver_checks(spec)
     if problems:
         raise SiteError(path, problems)
     return Site(spec=spec, path=Path(path))
