@@ -59,7 +59,7 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    """[data]: datasets, blend, Goldfish loss."""
+    """[data]: datasets, blend, Goldfish loss; read by `loader.build_loader` and `preflight.check_data`."""
 
     paths: list[str] = []
     """Megatron dataset prefixes (PREFIX.bin/.idx). Empty: tokenize the bundled sample into the run dir."""
@@ -76,7 +76,7 @@ class DataConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    """[training]: batch, steps, precision, device."""
+    """[training]: batch, steps, precision, device; the batch shape also sizes the loader's dataset."""
 
     seq_len: int = Field(2048, ge=8)
     """Tokens per sample (the model sees seq_len inputs and seq_len labels)."""
@@ -99,7 +99,7 @@ class TrainingConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    """[optimizer]: AdamW or AdEMAMix hyper-parameters."""
+    """[optimizer]: AdamW or AdEMAMix hyper-parameters; read by `components.optimizer.build_optimizer`."""
 
     name: Literal["adamw", "ademamix"] = "adamw"
     """AdamW, or AdEMAMix (arXiv 2409.03137: a second, slow EMA of the gradient mixed in with weight alpha)."""
@@ -122,7 +122,7 @@ class OptimizerConfig(_Section):
 
 
 class LRScheduleConfig(_Section):
-    """[lr_schedule]: warmup-stable-decay."""
+    """[lr_schedule]: warmup-stable-decay; read by `components.lr_schedule.build_lr_schedule`."""
 
     warmup_steps: int = Field(100, ge=0)
     """Linear warmup from 0 to the peak learning rate."""
@@ -135,7 +135,7 @@ class LRScheduleConfig(_Section):
 
 
 class ParallelConfig(_Section):
-    """[parallel]: data parallelism and process-group backend."""
+    """[parallel]: data parallelism and process-group backend; read by `parallelize`."""
 
     data_parallel: Literal["ddp", "fsdp"] = "ddp"
     """DDP (replicated weights) or FSDP2 (fully_shard: sharded weights, grads and optimizer state)."""
@@ -146,7 +146,7 @@ class ParallelConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    """[checkpoint]: when and how checkpoints are written and resumed."""
+    """[checkpoint]: when and how checkpoints are written and resumed; read by `CheckpointManager`."""
 
     enabled: bool = True
     """Write checkpoints (interval, end of training, preemption)."""
@@ -170,7 +170,7 @@ class CheckpointConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    """[metrics]: JSONL output, console cadence, MFU peak."""
+    """[metrics]: JSONL output, console cadence, MFU peak; read by `components.metrics.MetricsLogger`."""
 
     jsonl: str | None = None
     """Metrics file, one JSON line per step; None: <run_dir>/metrics.jsonl."""
@@ -181,7 +181,9 @@ class MetricsConfig(_Section):
 
 
 class TrainerConfig(_Section):
-    """The whole trainer configuration; saved inside every checkpoint."""
+    """The whole trainer configuration; saved inside every checkpoint.
+
+    Only the Trainer holds all of it: every component takes its own section (see docs/trainer.md)."""
 
     job: JobConfig = JobConfig()
     """Run identity and seed."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .components.checkpoint import CheckpointManager
+from .components.checkpoint import CheckpointManager, latest_path
 from .components.train_state import CheckpointError
 from .model.args import ModelArgs
 
@@ -119,7 +119,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     for candidate in (path, path / "checkpoints"):
         if (candidate / "latest").is_file():
-            latest = CheckpointManager(candidate, rank=1).latest_path()  # rank≠0: read-only, no cleanup
+            latest = latest_path(candidate)  # read-only: no manager, no clean-up of .tmp-* directories
             assert latest is not None
             return latest
     if (path / "state.json").is_file():

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .config import ParallelConfig, TrainingConfig
+
 logger = logging.getLogger(__name__)
 
 
@@ -94,9 +96,11 @@ class DistContext:
         return self.env.rank == 0
 
 
-def init_distributed(device: str = "auto", backend: str = "auto", num_threads: int | None = None,
+def init_distributed(training_config: TrainingConfig, parallel_config: ParallelConfig, *,
                      env: Mapping[str, str] | None = None) -> DistContext:
-    """Pick the device, size CPU threads, and join the process group when the job has several ranks."""
+    """Pick the device (training.device), size CPU threads (training.num_threads), and join the process group
+    (parallel.backend) when the job has several ranks, as `env` (default: os.environ) describes them."""
+    device, backend, num_threads = training_config.device, parallel_config.backend, training_config.num_threads
     denv = resolve_dist_env(os.environ if env is None else env)
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -169,16 +173,38 @@ def apply_fsdp(model: nn.Module, device: torch.device, param_dtype: torch.dtype 
     return model
 
 
-def parallelize_model(model: nn.Module, ctx: DistContext, *, data_parallel: str, bucket_cap_mb: float,
-                      compile: bool, bf16: bool) -> nn.Module:
-    """Apply compile, then DDP or FSDP2 when there are several ranks; returns the module to train."""
-    if compile:
+def uses_fsdp(parallel_config: ParallelConfig, *, world_size: int) -> bool:
+    """True when the model is sharded with FSDP2: parallel.data_parallel='fsdp' and more than one rank."""
+    return parallel_config.data_parallel == "fsdp" and world_size > 1
+
+
+def uses_bf16(training_config: TrainingConfig, *, device: torch.device) -> bool:
+    """True when training.mixed_precision='bf16' takes effect: on CUDA only (CPU runs fp32)."""
+    return device.type == "cuda" and training_config.mixed_precision == "bf16"
+
+
+def parallelize_model(model: nn.Module, parallel_config: ParallelConfig, training_config: TrainingConfig, *,
+                      device: torch.device, world_size: int) -> nn.Module:
+    """Apply torch.compile (training.compile), then DDP or FSDP2 (parallel.data_parallel) when there are
+    several ranks; returns the module to train. FSDP2 keeps bf16 parameters under bf16 mixed precision."""
+    if training_config.compile:
         apply_compile(model)
-    if ctx.world_size == 1:
+    if world_size == 1:
         return model
-    if data_parallel == "fsdp":
-        return apply_fsdp(model, ctx.device, torch.bfloat16 if bf16 else None)
-    return apply_ddp(model, ctx.device, bucket_cap_mb)
+    if uses_fsdp(parallel_config, world_size=world_size):
+        bf16 = uses_bf16(training_config, device=device)
+        return apply_fsdp(model, device, torch.bfloat16 if bf16 else None)
+    return apply_ddp(model, device, parallel_config.bucket_cap_mb)
+
+
+def maybe_enable_amp(training_config: TrainingConfig, *, device: torch.device, fsdp: bool):
+    """bf16 autocast for DDP and single-device runs under bf16 mixed precision, else a no-op context.
+
+    FSDP2 casts parameters itself (MixedPrecisionPolicy, see `apply_fsdp`), so it needs no autocast.
+    """
+    if uses_bf16(training_config, device=device) and not fsdp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def maybe_no_sync(model: nn.Module, sync: bool):

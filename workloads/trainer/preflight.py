@@ -14,15 +14,15 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, TrainerConfig
+from .config import ConfigError, DataConfig, ParallelConfig, TrainerConfig, TrainingConfig
 from .data import DataError, IndexedDataset, normalize_weights
 from .data.indexed import dataset_paths
 from .parallelize import resolve_dist_env
 
 
-def check_device(cfg: TrainerConfig, env: Mapping[str, str]) -> None:
+def check_device(training_config: TrainingConfig, parallel_config: ParallelConfig, env: Mapping[str, str]) -> None:
     """training.device / parallel.backend must be usable here (else torch fails deep in cuda init)."""
-    device, backend, host = cfg.training.device, cfg.parallel.backend, socket.gethostname()
+    device, backend, host = training_config.device, parallel_config.backend, socket.gethostname()
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
         why = f"torch on {host} is built without CUDA" if torch.version.cuda is None else f"{host} has no CUDA GPU"
@@ -40,9 +40,9 @@ def check_device(cfg: TrainerConfig, env: Mapping[str, str]) -> None:
                               "(e.g. srun --ntasks-per-node=N with N = GPUs per node)")
 
 
-def check_data(cfg: TrainerConfig) -> None:
+def check_data(data_config: DataConfig) -> None:
     """Every data.paths prefix is a readable, non-empty .bin/.idx pair; the blend weights are usable."""
-    for i, prefix in enumerate(cfg.data.paths):
+    for i, prefix in enumerate(data_config.paths):
         missing = [p.name for p in dataset_paths(prefix) if not p.is_file()]
         if missing:
             raise ConfigError(f"data.paths[{i}]={prefix!r}: no {' or '.join(missing)}; give the prefix of a "
@@ -54,9 +54,9 @@ def check_data(cfg: TrainerConfig) -> None:
             raise ConfigError(f"data.paths[{i}]: {e}") from None
         if tokens == 0:
             raise ConfigError(f"data.paths[{i}]={prefix!r} holds no tokens; tokenize non-empty documents into it")
-    if cfg.data.weights is not None:
+    if data_config.weights is not None:
         try:
-            normalize_weights(cfg.data.weights, len(cfg.data.paths))
+            normalize_weights(data_config.weights, len(data_config.paths))
         except DataError as e:
             raise ConfigError(f"data.weights: {e}") from None
 
@@ -78,9 +78,12 @@ def check_creatable(key: str, path: str | os.PathLike, *, directory: bool) -> No
 
 
 def check_run(cfg: TrainerConfig, env: Mapping[str, str] | None = None) -> None:
-    """Raise ConfigError, naming the key and a fix, for anything that would stop this run after it wrote."""
-    check_device(cfg, os.environ if env is None else env)
-    check_data(cfg)
+    """Raise ConfigError, naming the key and a fix, for anything that would stop this run after it wrote.
+
+    Takes the whole tree, as the config's own validation does: the output paths come from several sections.
+    """
+    check_device(cfg.training, cfg.parallel, os.environ if env is None else env)
+    check_data(cfg.data)
     run_dir = Path(cfg.job.run_dir)
     check_creatable("job.run_dir", run_dir, directory=True)
     for key, path, directory in (("data.cache_dir", cfg.data.cache_dir, True),

@@ -9,7 +9,6 @@ the step, writes a final checkpoint and exits 0. Exit codes: 0 done or preempted
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -24,13 +23,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .components.checkpoint import CheckpointManager
-from .components.lr_schedule import wsd_lr
-from .components.metrics import MetricsLogger, device_peak_flops
+from .components.lr_schedule import build_lr_schedule
+from .components.metrics import MetricsLogger
 from .components.optimizer import build_optimizer
 from .components.signals import PreemptionHandler
 from .components.train_state import CheckpointError, get_train_state, load_train_state
 from .config import ConfigError, TrainerConfig, load_config
-from .data import DataError, goldfish_mask
+from .data import DataError
 from .loader import ShardedBatchLoader, build_loader
 from .model import ModelArgs, Transformer, flops_per_token
 from .parallelize import (
@@ -39,8 +38,10 @@ from .parallelize import (
     check_replicas_agree,
     destroy_distributed,
     init_distributed,
+    maybe_enable_amp,
     maybe_no_sync,
     parallelize_model,
+    uses_fsdp,
 )
 from .preflight import check_run
 
@@ -69,16 +70,13 @@ def compute_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: ShardedBatchLoader, *,
-               consumed_samples: int, lr: float, max_grad_norm: float, autocast, goldfish: tuple[int, int] | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               consumed_samples: int, lr: float, max_grad_norm: float, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm) as tensors."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=loader.device)
     for micro in range(loader.accum):
-        x, y = loader.get(consumed_samples, micro)  # (B, T) each
-        if goldfish is not None:
-            y = y.masked_fill(~goldfish_mask(y, *goldfish), -100)
+        x, y = loader.get(consumed_samples, micro)  # (B, T) each; y is -100 where Goldfish drops a label
         # Gradients are reduced across ranks only on the last micro-batch (its backward syncs them).
         with maybe_no_sync(model, sync=micro == loader.accum - 1):
             with autocast:
@@ -103,32 +101,34 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Builds everything from the config, resumes, and runs steps; `train()` loops until done or preempted.
 
+    The Trainer is the one place that holds the whole config: each component gets its own section (the
+    checkpointer [checkpoint], the optimizer [optimizer], the schedule [lr_schedule], the metrics logger
+    [metrics], the loader [data] with [training]'s batch shape, parallelize [parallel] and [training]) and the
+    runtime facts it needs (run dir, rank, world size, device), by name.
+
     Construction reads the latest checkpoint before writing anything, so a checkpoint that does not fit
     (CheckpointError) leaves the run directory untouched.
     """
 
     def __init__(self, cfg: TrainerConfig, ctx: DistContext):
         self.cfg, self.ctx = cfg, ctx
-        t_cfg, ck = cfg.training, cfg.checkpoint
+        t_cfg = cfg.training
         self.run_dir = Path(cfg.job.run_dir)
         self.margs = cfg.model_args()
         self.model_shape = {k: v for k, v in self.margs.shape_dict().items() if k != "max_seq_len"}
         seed_everything(cfg.job.seed)
-        self.fsdp = cfg.parallel.data_parallel == "fsdp" and ctx.world_size > 1
-        bf16 = ctx.device.type == "cuda" and t_cfg.mixed_precision == "bf16"
+        self.fsdp = uses_fsdp(cfg.parallel, world_size=ctx.world_size)
         model = build_model(self.margs, ctx.device, on_meta=self.fsdp)
-        self.model = parallelize_model(model, ctx, data_parallel=cfg.parallel.data_parallel,
-                                       bucket_cap_mb=cfg.parallel.bucket_cap_mb, compile=t_cfg.compile, bf16=bf16)
+        self.model = parallelize_model(model, cfg.parallel, t_cfg, device=ctx.device, world_size=ctx.world_size)
         if self.fsdp:
             finish_meta_init(self.model, ctx.device)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, max_steps=t_cfg.max_steps)
-        self.ckpt = CheckpointManager(ck.dir or self.run_dir / "checkpoints", rank=ctx.rank, keep=ck.keep,
-                                      asynchronous=ck.asynchronous, interval=ck.interval, mtbf_s=ck.mtbf_s,
-                                      auto_first_step=ck.auto_first_step)
+        self.lr_schedule = build_lr_schedule(cfg.lr_schedule, peak_lr=cfg.optimizer.lr, max_steps=t_cfg.max_steps)
+        self.ckpt = CheckpointManager(cfg.checkpoint, run_dir=self.run_dir, rank=ctx.rank)
         self.ckpt.attach(self.optimizer)  # a background snapshot finishes before the weights change
         self.step, self.consumed = 0, 0
         # Verified first, by all ranks together; a damaged one is refused or skipped (checkpoint.on_damaged).
-        latest = self.ckpt.resume_path(ck.on_damaged) if ck.resume else None
+        latest = self.ckpt.resume_path()
         if latest is not None:
             # FSDP2 reads a sharded checkpoint shard by shard (each rank only its own), anything else whole.
             state = CheckpointManager.read(latest, shards=not self.fsdp, verify=False)
@@ -143,17 +143,14 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(
                 json.dumps({**self.config_dump, "resolved_model": self.margs.shape_dict()}, indent=2))
-        self.loader = build_loader(cfg, run_dir=self.run_dir, rank=ctx.rank, world_size=ctx.world_size,
-                                   vocab_size=self.margs.vocab_size, device=ctx.device)
+        self.loader = build_loader(cfg.data, t_cfg, seed=cfg.job.seed, run_dir=self.run_dir, rank=ctx.rank,
+                                   world_size=ctx.world_size, vocab_size=self.margs.vocab_size, device=ctx.device)
         self.tokens_per_step = self.loader.global_batch_size * t_cfg.seq_len
-        self.metrics = MetricsLogger(cfg.metrics.jsonl or self.run_dir / "metrics.jsonl", enabled=ctx.is_main,
+        self.metrics = MetricsLogger(cfg.metrics, run_dir=self.run_dir,
                                      flops_per_token=flops_per_token(self.margs, t_cfg.seq_len),
-                                     world_size=ctx.world_size, resume_step=self.step,
-                                     peak_flops=device_peak_flops(ctx.device, cfg.metrics.peak_flops))
-        # FSDP2 casts parameters itself (MixedPrecisionPolicy); DDP and single-device use autocast.
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not self.fsdp
-                         else contextlib.nullcontext())
-        self.goldfish = (cfg.data.goldfish_k, cfg.data.goldfish_h) if cfg.data.goldfish else None
+                                     world_size=ctx.world_size, device=ctx.device, enabled=ctx.is_main,
+                                     resume_step=self.step)
+        self.autocast = maybe_enable_amp(t_cfg, device=ctx.device, fsdp=self.fsdp)
         self.preemption = PreemptionHandler()
         self._compute_times: list[float] = []
 
@@ -162,20 +159,12 @@ class Trainer:
         """True once max_steps optimizer steps have been taken (across all runs of this job)."""
         return self.step >= self.cfg.training.max_steps
 
-    def lr(self, step: int) -> float:
-        """Learning rate of optimizer step `step` (0-based) from the WSD schedule."""
-        s = self.cfg.lr_schedule
-        return wsd_lr(step, peak_lr=self.cfg.optimizer.lr, max_steps=self.cfg.training.max_steps,
-                      warmup_steps=s.warmup_steps, decay_fraction=s.decay_fraction, decay_shape=s.decay_shape,
-                      min_lr_ratio=s.min_lr_ratio)
-
     def train_one_step(self) -> tuple[dict, bool]:
         """Step, agree on preemption, checkpoint if due, log; returns (metrics record, stop requested)."""
         t0 = time.perf_counter()
-        lr = self.lr(self.step)
+        lr = self.lr_schedule(self.step)
         loss, grad_norm = train_step(self.model, self.optimizer, self.loader, consumed_samples=self.consumed, lr=lr,
-                                     max_grad_norm=self.cfg.training.max_grad_norm, autocast=self.autocast,
-                                     goldfish=self.goldfish)
+                                     max_grad_norm=self.cfg.training.max_grad_norm, autocast=self.autocast)
         self.step += 1
         self.consumed += self.loader.global_batch_size
         # One small all-reduce per step carries the mean loss, "someone was told to stop" and rank 0's
@@ -198,7 +187,7 @@ class Trainer:
 
     def maybe_checkpoint(self, *, final: bool, due: bool) -> None:
         """Save when due (asynchronously) or final (blocking: the process is about to exit)."""
-        if not self.cfg.checkpoint.enabled or self.ckpt.last_saved_step == self.step or not (final or due):
+        if not self.ckpt.enabled or self.ckpt.last_saved_step == self.step or not (final or due):
             return
         state = get_train_state(self.model, self.optimizer, step=self.step, consumed_samples=self.consumed,
                                 model_shape=self.model_shape, config=self.config_dump)
@@ -206,7 +195,7 @@ class Trainer:
 
     def train(self) -> int:
         """Train to max_steps or until preempted; returns the exit code (0)."""
-        max_steps, every = self.cfg.training.max_steps, self.cfg.metrics.console_every
+        max_steps = self.cfg.training.max_steps
         if self.done:
             logger.info("already trained %d/%d steps: nothing to do", self.step, max_steps)
             return 0
@@ -214,11 +203,7 @@ class Trainer:
         try:
             while not self.done:
                 rec, stop = self.train_one_step()
-                if self.ctx.is_main and (self.step % every == 0 or self.done or stop or self.step == 1):
-                    mfu = f"{100 * rec['mfu']:.1f}%" if rec["mfu"] is not None else "n/a"
-                    logger.info("step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | mfu %s | ckpt %.3fs",
-                                self.step, max_steps, rec["loss"], rec["lr"], rec["grad_norm"],
-                                rec["tokens_per_s"], mfu, rec["ckpt_stall_s"])
+                self.metrics.log_console(rec, max_steps=max_steps, last=self.done or stop)
                 if stop:
                     logger.info("preempted: final checkpoint at step %d written; exiting 0", self.step)
                     break
@@ -261,7 +246,7 @@ def run(cfg: TrainerConfig) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ctx = init_distributed(cfg.training.device, cfg.parallel.backend, cfg.training.num_threads)
+    ctx = init_distributed(cfg.training, cfg.parallel)
     setup_logging(ctx.rank)
     try:
         return Trainer(cfg, ctx).train()

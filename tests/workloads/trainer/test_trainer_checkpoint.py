@@ -11,15 +11,16 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from trainer_helpers import flip_bit, flip_digit, losses, offset_of, run_trainer, small_run
+from trainer_helpers import checkpointer, flip_bit, flip_digit, losses, offset_of, run_trainer, small_run
 from trainer_helpers import train_batch as step
 
 from workloads.trainer.components import checkpoint as ckpt_mod
 from workloads.trainer.components import manifest as manifest_mod
-from workloads.trainer.components.checkpoint import CheckpointManager
+from workloads.trainer.components.checkpoint import CheckpointManager, latest_path
 from workloads.trainer.components.manifest import CheckpointDamaged
 from workloads.trainer.components.state_io import flatten_state, unflatten_state
 from workloads.trainer.components.train_state import CheckpointError, get_train_state, load_train_state
+from workloads.trainer.config import CheckpointConfig
 from workloads.trainer.model import ModelArgs, Transformer
 
 ARGS = ModelArgs(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16)
@@ -49,9 +50,25 @@ def test_state_tree_round_trips_exactly():
     assert back["l"] == tree["l"]
 
 
+def test_checkpointer_is_configured_by_its_section_and_the_run_dir(tmp_path):
+    """[checkpoint] alone decides: <run_dir>/checkpoints unless checkpoint.dir, keep, resume, enabled."""
+    model, opt = make_trained()
+    manager = CheckpointManager(CheckpointConfig(asynchronous=False, keep=1), run_dir=tmp_path)
+    assert manager.dir == tmp_path / "checkpoints" and manager.enabled
+    manager.save(1, state_of(model, opt, 1))
+    manager.save(2, state_of(model, opt, 2))
+    assert [p.name for p in manager.dir.glob("step_*")] == ["step_00000002"]  # keep=1
+    assert manager.resume_path() == manager.dir / "step_00000002"
+    assert CheckpointManager(CheckpointConfig(resume=False), run_dir=tmp_path).resume_path() is None
+    assert not CheckpointManager(CheckpointConfig(enabled=False), run_dir=tmp_path).enabled
+    elsewhere = CheckpointManager(CheckpointConfig(dir=str(tmp_path / "elsewhere")), run_dir=tmp_path)
+    assert elsewhere.dir == tmp_path / "elsewhere" and elsewhere.resume_path() is None
+    assert latest_path(tmp_path / "checkpoints") == manager.dir / "step_00000002"  # readers need no manager
+
+
 def test_save_then_load_restores_weights_position_and_rng(tmp_path):
     model, opt = make_trained()
-    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager = checkpointer(tmp_path, asynchronous=False)
     torch.manual_seed(42)
     manager.save(1, state_of(model, opt))
     expected_next_rand = torch.rand(3)
@@ -68,7 +85,7 @@ def test_save_then_load_restores_weights_position_and_rng(tmp_path):
 
 def test_resumed_optimizer_continues_bit_for_bit(tmp_path):
     model, opt = make_trained()
-    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager = checkpointer(tmp_path, asynchronous=False)
     manager.save(1, state_of(model, opt))
     x = torch.randint(0, 64, (2, 16))
 
@@ -88,7 +105,7 @@ def test_resumed_optimizer_continues_bit_for_bit(tmp_path):
 
 def test_torn_write_is_never_loaded(tmp_path, monkeypatch):
     model, opt = make_trained()
-    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager = checkpointer(tmp_path, asynchronous=False)
     manager.save(10, state_of(model, opt, 10))
 
     def crash(*args, **kwargs):
@@ -104,7 +121,7 @@ def test_torn_write_is_never_loaded(tmp_path, monkeypatch):
     for name in ("tensors.safetensors", "state.json"):
         (tmp_path / ".tmp-step_00000030" / name).write_bytes((tmp_path / "step_00000010" / name).read_bytes())
 
-    restarted = CheckpointManager(tmp_path)
+    restarted = checkpointer(tmp_path)
     assert restarted.latest_path() == tmp_path / "step_00000010"
     assert CheckpointManager.read(restarted.latest_path())["train"]["step"] == 10
     assert not list(tmp_path.glob(".tmp-*"))  # cleaned up on start
@@ -120,7 +137,7 @@ def test_async_save_returns_at_once_and_training_goes_on_while_it_is_written(tmp
         return real_write(path, tensors)
 
     monkeypatch.setattr(ckpt_mod, "write_tensors", blocked_write)
-    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager = checkpointer(tmp_path, asynchronous=True)
     manager.attach(opt)
     saved = {n: p.detach().clone() for n, p in model.named_parameters()}
     t0 = time.perf_counter()
@@ -138,7 +155,7 @@ def test_async_save_returns_at_once_and_training_goes_on_while_it_is_written(tmp
 
 def test_optimizer_step_waits_for_the_background_copy(tmp_path, monkeypatch):
     model, opt = make_trained()
-    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager = checkpointer(tmp_path, asynchronous=True)
     manager.attach(opt)
     real_copy, release = manager._copy, threading.Event()
 
@@ -163,7 +180,7 @@ def test_optimizer_step_waits_for_the_background_copy(tmp_path, monkeypatch):
 
 def test_auto_interval_follows_youngs_formula_after_measuring_the_save(tmp_path):
     model, opt = make_trained()
-    manager = CheckpointManager(tmp_path, asynchronous=False, interval="auto", mtbf_s=3600.0, auto_first_step=4)
+    manager = checkpointer(tmp_path, asynchronous=False, interval="auto", mtbf_s=3600.0, auto_first_step=4)
     assert [s for s in range(1, 6) if manager.should_save(s)] == [4, 5]  # first save measures the cost
     cost = manager.save(4, state_of(model, opt, 4), step_time_s=0.05)
     expected = max(round((2 * cost * 3600.0) ** 0.5 / 0.05), 1)
@@ -174,7 +191,7 @@ def test_auto_interval_follows_youngs_formula_after_measuring_the_save(tmp_path)
 def test_background_write_error_surfaces_on_next_wait(tmp_path, monkeypatch):
     model, opt = make_trained()
     monkeypatch.setattr(ckpt_mod, "write_json", lambda *a: (_ for _ in ()).throw(OSError("no space")))
-    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager = checkpointer(tmp_path, asynchronous=True)
     manager.save(1, state_of(model, opt))
     with pytest.raises(CheckpointError, match="no space"):
         manager.close()
@@ -182,7 +199,7 @@ def test_background_write_error_surfaces_on_next_wait(tmp_path, monkeypatch):
 
 def test_other_model_shape_is_a_clear_error(tmp_path):
     model, opt = make_trained()
-    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager = checkpointer(tmp_path, asynchronous=False)
     manager.save(1, state_of(model, opt))
     wider = {**SHAPE, "dim": 64}
     other = Transformer(ModelArgs(**{**wider, "max_seq_len": 16}))
@@ -234,7 +251,7 @@ DAMAGE = {
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_checkpoint_is_refused_naming_the_file_or_skipped_for_the_newest_intact_one(tmp_path, damage):
     model, opt = make_trained()
-    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager = checkpointer(tmp_path, asynchronous=False)
     manager.save(10, state_of(model, opt, 10))
     step(model, opt)
     manager.save(20, state_of(model, opt, 20))
@@ -246,35 +263,35 @@ def test_damaged_checkpoint_is_refused_naming_the_file_or_skipped_for_the_newest
         CheckpointManager.read(damaged)  # what export-hf and every reader go through
     with pytest.raises(CheckpointError, match=re.escape(f"step_00000020: {says}") + ".*; step_00000010 is intact: "
                        "to resume from it, rerun with --checkpoint.on_damaged=fallback"):
-        CheckpointManager(tmp_path).resume_path("refuse")
-    fallback = CheckpointManager(tmp_path).resume_path("fallback")
+        checkpointer(tmp_path).resume_path()
+    fallback = checkpointer(tmp_path, on_damaged="fallback").resume_path()
     assert fallback == tmp_path / "step_00000010"
     assert CheckpointManager.read(fallback)["train"]["step"] == 10
 
 
 def test_no_intact_checkpoint_is_refused_even_with_fallback(tmp_path):
     model, opt = make_trained()
-    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager = checkpointer(tmp_path, asynchronous=False)
     manager.save(10, state_of(model, opt, 10))
     flip_digit(tmp_path / "step_00000010" / "state.json", b'"step"')
     with pytest.raises(CheckpointError, match="state.json: checksum mismatch .*no older checkpoint in .* is intact"):
-        manager.resume_path("fallback")
+        checkpointer(tmp_path, on_damaged="fallback").resume_path()
 
 
 def test_latest_naming_no_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
     model, opt = make_trained()
-    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager = checkpointer(tmp_path, asynchronous=False)
     manager.save(10, state_of(model, opt, 10))
     manager.save(20, state_of(model, opt, 20))
     (tmp_path / "latest").write_bytes(b"step_0000\xff020")
     with pytest.raises(CheckpointError, match=r"latest names .* not a checkpoint directory.*step_00000020 is intact"):
-        manager.resume_path("refuse")
-    assert manager.resume_path("fallback") == tmp_path / "step_00000020"
+        manager.resume_path()
+    assert checkpointer(tmp_path, on_damaged="fallback").resume_path() == tmp_path / "step_00000020"
 
 
 def test_checkpoint_from_before_checksums_loads_with_a_warning(tmp_path):
     model, opt = make_trained()
-    manager = CheckpointManager(tmp_path, asynchronous=False)
+    manager = checkpointer(tmp_path, asynchronous=False)
     manager.save(10, state_of(model, opt, 10))
     old = tmp_path / "step_00000010"
     (old / "manifest.json").unlink()
@@ -304,7 +321,7 @@ def test_checksums_are_computed_by_the_background_writer(tmp_path, monkeypatch):
         return real_checksum(path)
 
     monkeypatch.setattr(manifest_mod, "file_checksum", held_checksum)
-    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager = checkpointer(tmp_path, asynchronous=True)
     manager.attach(opt)
     t0 = time.perf_counter()
     manager.save(5, state_of(model, opt, 5))

@@ -1,19 +1,65 @@
 """Schedule, optimizers, Young's interval, distributed env, metrics: pure functions and small modules."""
 
 import json
+import logging
 import math
+from typing import get_type_hints
 
 import numpy as np
 import pytest
 import torch
+from pydantic import BaseModel
 
-from workloads.trainer.components.checkpoint import young_interval
-from workloads.trainer.components.lr_schedule import wsd_lr
+from workloads.trainer import preflight
+from workloads.trainer.components import metrics as metrics_mod
+from workloads.trainer.components.checkpoint import CheckpointManager, young_interval
+from workloads.trainer.components.lr_schedule import build_lr_schedule, wsd_lr
 from workloads.trainer.components.metrics import MetricsLogger, device_peak_flops, plot_metrics, read_metrics
-from workloads.trainer.components.optimizer import AdEMAMix, ademamix_beta3, build_param_groups
-from workloads.trainer.loader import ShardedBatchLoader
+from workloads.trainer.components.optimizer import AdEMAMix, ademamix_beta3, build_optimizer, build_param_groups
+from workloads.trainer.config import (
+    CheckpointConfig,
+    DataConfig,
+    LRScheduleConfig,
+    MetricsConfig,
+    OptimizerConfig,
+    ParallelConfig,
+    TrainerConfig,
+    TrainingConfig,
+)
+from workloads.trainer.data import goldfish_mask
+from workloads.trainer.loader import ShardedBatchLoader, build_loader, resolve_data_paths
 from workloads.trainer.model import ModelArgs, Transformer
-from workloads.trainer.parallelize import resolve_dist_env
+from workloads.trainer.parallelize import init_distributed, maybe_enable_amp, parallelize_model, resolve_dist_env
+
+# Each component and the config sections it takes (beside runtime facts: run dir, rank, world size, device).
+COMPONENT_SECTIONS = {
+    CheckpointManager.__init__: [CheckpointConfig],
+    MetricsLogger.__init__: [MetricsConfig],
+    build_optimizer: [OptimizerConfig],
+    build_lr_schedule: [LRScheduleConfig],
+    build_loader: [DataConfig, TrainingConfig],  # [training] holds the batch shape and max_steps
+    resolve_data_paths: [DataConfig],
+    parallelize_model: [ParallelConfig, TrainingConfig],  # [training] holds compile and mixed_precision
+    maybe_enable_amp: [TrainingConfig],
+    init_distributed: [TrainingConfig, ParallelConfig],  # [training] holds device and num_threads
+    preflight.check_device: [TrainingConfig, ParallelConfig],
+    preflight.check_data: [DataConfig],
+}
+
+
+@pytest.mark.parametrize("component", COMPONENT_SECTIONS, ids=lambda f: f.__qualname__)
+def test_components_take_their_own_config_sections_not_the_whole_tree(component):
+    hints = get_type_hints(component)
+    sections = [t for t in hints.values() if isinstance(t, type) and issubclass(t, BaseModel)]
+    assert sections == COMPONENT_SECTIONS[component] and TrainerConfig not in sections
+
+
+def test_lr_schedule_built_from_its_section_is_the_wsd_function():
+    section = LRScheduleConfig(warmup_steps=3, decay_fraction=0.5, decay_shape="cosine", min_lr_ratio=0.2)
+    schedule = build_lr_schedule(section, peak_lr=2.0, max_steps=10)
+    assert [schedule(s) for s in range(10)] == [
+        wsd_lr(s, peak_lr=2.0, max_steps=10, warmup_steps=3, decay_fraction=0.5, decay_shape="cosine",
+               min_lr_ratio=0.2) for s in range(10)]
 
 
 def test_wsd_warms_up_holds_then_decays_to_min():
@@ -78,7 +124,8 @@ def test_slurm_env_gives_ranks_and_rendezvous():
 
 
 def test_metrics_line_has_every_field_and_mfu(tmp_path):
-    log = MetricsLogger(tmp_path / "m.jsonl", flops_per_token=1e9, world_size=4, peak_flops=1e14)
+    log = MetricsLogger(MetricsConfig(jsonl=str(tmp_path / "m.jsonl"), peak_flops=1e14), run_dir=tmp_path,
+                        flops_per_token=1e9, world_size=4, device=torch.device("cpu"))
     rec = log.log(step=1, loss=2.5, lr=1e-3, grad_norm=0.5, tokens=8000, step_time_s=2.0, ckpt_stall_s=0.1)
     log.close()
     assert rec["tokens_per_s"] == 4000 and rec["tokens_per_s_per_device"] == 1000
@@ -90,12 +137,14 @@ def test_metrics_line_has_every_field_and_mfu(tmp_path):
 
 
 def test_metrics_resume_drops_steps_after_the_checkpoint_and_plots(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    log = MetricsLogger(path, flops_per_token=1.0, world_size=1, peak_flops=None)
+    path = tmp_path / "metrics.jsonl"  # the default: <run_dir>/metrics.jsonl
+    opts = dict(run_dir=tmp_path, flops_per_token=1.0, world_size=1, device=torch.device("cpu"))
+    log = MetricsLogger(MetricsConfig(), **opts)
+    assert log.path == path and log.peak is None  # no MFU on CPU unless metrics.peak_flops is set
     for s in range(1, 6):
         log.log(step=s, loss=10 - s, lr=1.0, grad_norm=1.0, tokens=100, step_time_s=0.1, ckpt_stall_s=0.0)
     log.close()
-    MetricsLogger(path, flops_per_token=1.0, world_size=1, peak_flops=None, resume_step=3).close()
+    MetricsLogger(MetricsConfig(), **opts, resume_step=3).close()
     assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
     png = plot_metrics(path, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -110,6 +159,41 @@ def test_ranks_read_disjoint_slices_that_cover_each_global_batch():
     assert ids[0].isdisjoint(ids[1]) and ids[0] | ids[1] == set(range(16, 32))
     x, y = loaders[1].get(16, 1)
     assert x.shape == y.shape == (4, 8) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_loader_drops_goldfish_labels_and_keeps_the_inputs():
+    data = [np.arange(33, dtype=np.int64) * 7 % 61 + i for i in range(64)]
+    opts = dict(rank=0, world_size=1, micro_batch_size=4, grad_accum_steps=1, vocab_size=128,
+                device=torch.device("cpu"))
+    x, y = ShardedBatchLoader(data, **opts).get(0, 0)
+    fx, fy = ShardedBatchLoader(data, **opts, goldfish=(3, 4)).get(0, 0)
+    keep = goldfish_mask(y, 3, 4)
+    assert torch.equal(fx, x) and not keep.all()
+    assert torch.equal(fy, y.masked_fill(~keep, -100))
+
+
+def test_metrics_console_line_at_the_first_every_nth_and_the_last_step(tmp_path):
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # the trainer's logger may not propagate
+    metrics_mod.logger.addHandler(handler)
+    old_level = metrics_mod.logger.level
+    metrics_mod.logger.setLevel(logging.INFO)
+    try:
+        log = MetricsLogger(MetricsConfig(console_every=3), run_dir=tmp_path, flops_per_token=1.0, world_size=1,
+                            device=torch.device("cpu"))
+        for s in range(1, 8):
+            rec = log.log(step=s, loss=1.0, lr=1e-3, grad_norm=0.5, tokens=100, step_time_s=0.1, ckpt_stall_s=0.0)
+            log.log_console(rec, max_steps=7, last=s == 7)
+        log.close()
+        quiet = MetricsLogger(MetricsConfig(), run_dir=tmp_path, flops_per_token=1.0, world_size=1,
+                              device=torch.device("cpu"), enabled=False)  # ranks other than 0
+        quiet.log_console(rec, max_steps=7, last=True)
+    finally:
+        metrics_mod.logger.removeHandler(handler)
+        metrics_mod.logger.setLevel(old_level)
+    assert [line.split(" |")[0] for line in lines] == ["step 1/7", "step 3/7", "step 6/7", "step 7/7"]
+    assert lines[0] == "step 1/7 | loss 1.0000 | lr 1.00e-03 | gnorm 0.500 | 1000 tok/s | mfu n/a | ckpt 0.000s"
 
 
 def test_metrics_plot_labels_whole_steps_only():

@@ -7,6 +7,7 @@ import transformers
 
 from workloads.trainer.components.checkpoint import CheckpointManager
 from workloads.trainer.components.train_state import get_train_state
+from workloads.trainer.config import CheckpointConfig
 from workloads.trainer.export_hf import export_checkpoint, hf_name
 from workloads.trainer.model import PRESETS, Transformer
 
@@ -25,7 +26,7 @@ def test_exported_tiny_gives_the_same_logits_in_transformers(tmp_path):
     model = perturbed_tiny().eval()
     opt = torch.optim.AdamW(model.parameters())
     shape = {k: v for k, v in model.args.shape_dict().items() if k != "max_seq_len"}
-    manager = CheckpointManager(tmp_path / "checkpoints", asynchronous=False)
+    manager = CheckpointManager(CheckpointConfig(asynchronous=False), run_dir=tmp_path)  # <run_dir>/checkpoints
     manager.save(3, get_train_state(model, opt, step=3, consumed_samples=12, model_shape=shape,
                                     config={"training": {"seq_len": 64}}))
 

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import transformers
 from trainer_helpers import flip_bit, flip_digit, losses, offset_of, run_trainer, small_run, start_ranks
-from trainer_helpers import start_two_ranks
+from trainer_helpers import checkpointer, start_two_ranks
 from trainer_helpers import train_batch as step
 
 from workloads.trainer.components import checkpoint as ckpt_mod
@@ -169,7 +169,7 @@ def state_of(model, opt, step_no):
 
 def test_sharded_save_is_asynchronous_atomic_and_loads_back_exactly(tmp_path, monkeypatch, one_rank_group):
     model, opt = fsdp_trained(0)
-    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager = checkpointer(tmp_path, asynchronous=True)
     manager.attach(opt)
     release, real_write = threading.Event(), ckpt_mod.write_shards
 
@@ -198,7 +198,7 @@ def test_sharded_save_is_asynchronous_atomic_and_loads_back_exactly(tmp_path, mo
         manager.save(2, state_of(model, opt, 2), block=True)
     monkeypatch.undo()
     assert (tmp_path / ".tmp-step_00000002" / ".metadata").is_file()
-    restarted = CheckpointManager(tmp_path)
+    restarted = checkpointer(tmp_path)
     assert restarted.latest_path() == tmp_path / "step_00000001" and not list(tmp_path.glob(".tmp-*"))
 
     # Shard by shard into a fresh FSDP2 model: weights and optimizer continue bit for bit.
@@ -240,7 +240,7 @@ SHARD_DAMAGE = {
 @pytest.mark.parametrize("damage", list(SHARD_DAMAGE))
 def test_damaged_sharded_checkpoint_is_refused_naming_the_file_or_skipped(tmp_path, damage, one_rank_group):
     model, opt = fsdp_trained(0)
-    manager = CheckpointManager(tmp_path, asynchronous=True)
+    manager = checkpointer(tmp_path, asynchronous=True)
     manager.attach(opt)
     manager.save(1, state_of(model, opt, 1))
     saved = full_params(model)
@@ -253,10 +253,10 @@ def test_damaged_sharded_checkpoint_is_refused_naming_the_file_or_skipped(tmp_pa
 
     with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {damaged}: {says}") + ".*; step_00000001 is "
                        "intact: to resume from it, rerun with --checkpoint.on_damaged=fallback"):
-        manager.resume_path("refuse")  # collective (a 1-rank group): the path every FSDP2 rank takes
+        manager.resume_path()  # collective (a 1-rank group): the path every FSDP2 rank takes
     with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {damaged}: {says}")):
         CheckpointManager.read(damaged, shards=False)
-    fallback = manager.resume_path("fallback")
+    fallback = checkpointer(tmp_path, on_damaged="fallback").resume_path()
     assert fallback == tmp_path / "step_00000001"
     other, other_opt = fsdp_trained(1)
     train = load_train_state(CheckpointManager.read(fallback, shards=False, verify=False), other, other_opt,

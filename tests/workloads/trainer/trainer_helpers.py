@@ -79,6 +79,14 @@ def start_two_ranks(run_dir: Path, args: list[str]) -> list[subprocess.Popen]:
     return start_ranks(run_dir, args, 2)
 
 
+def checkpointer(directory: Path, **options):
+    """A CheckpointManager writing into `directory` (checkpoint.dir), with [checkpoint] `options`."""
+    from workloads.trainer.components.checkpoint import CheckpointManager
+    from workloads.trainer.config import CheckpointConfig
+
+    return CheckpointManager(CheckpointConfig(dir=str(directory), **options), run_dir=directory)
+
+
 def train_batch(model, opt) -> None:
     """One optimizer step of a small model (vocab 64) on a random batch of 2 × 16 tokens."""
     import torch

@@ -32,12 +32,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 
+from ..config import CheckpointConfig
 from .manifest import (
     ALGORITHM,
     MANIFEST_KEY,
@@ -92,6 +93,18 @@ def _warn_unverified(path: Path) -> None:
                    "unverified", path)
 
 
+def latest_path(directory: str | Path) -> Path | None:
+    """The checkpoint that `<directory>/latest` points at, or None when there is none yet (for readers)."""
+    directory = Path(directory)
+    pointer = directory / LATEST
+    if not pointer.is_file():
+        return None
+    path = directory / pointer.read_text().strip()
+    if not (path / STATE_FILE).is_file() or not (path / TENSORS_FILE).is_file():
+        raise CheckpointError(f"{pointer} points at {path}, which is missing or incomplete")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 
@@ -106,15 +119,18 @@ class _Snapshot:
 
 
 class CheckpointManager:
-    """Decides when to save, snapshots, writes in the background, finds and reads `latest`."""
+    """Decides when to save, snapshots, writes in the background, finds and reads `latest`.
 
-    def __init__(self, directory: str | Path, *, rank: int = 0, keep: int = 3, asynchronous: bool = True,
-                 interval: int | str = 100, mtbf_s: float = 86_400.0, auto_first_step: int = 10):
-        self.dir = Path(directory)
-        self.rank, self.keep, self.asynchronous = rank, keep, asynchronous
-        self.interval, self.mtbf_s = interval, mtbf_s
-        self.next_auto_step = auto_first_step
-        self.auto_first_step = auto_first_step
+    Configured by its own section, [checkpoint] (interval, keep, asynchronous, resume, on_damaged, dir, ...).
+    """
+
+    def __init__(self, checkpoint_config: CheckpointConfig, *, run_dir: str | Path, rank: int = 0):
+        """`checkpoint_config` is the [checkpoint] section; `run_dir` (job.run_dir) holds `checkpoints/` unless
+        checkpoint.dir names another directory; `rank` is this process's rank (0 writes, cleans and decides)."""
+        self.config = checkpoint_config
+        self.dir = Path(checkpoint_config.dir or Path(run_dir) / "checkpoints")
+        self.rank = rank
+        self.next_auto_step = checkpoint_config.auto_first_step
         self.last_saved_step: int | None = None
         self.last_write_s = 0.0  # duration of the last background write
         self._stall_s = 0.0  # training time lost to checkpoints since consume_stall()
@@ -130,31 +146,36 @@ class CheckpointManager:
 
     # -- when
 
+    @property
+    def enabled(self) -> bool:
+        """checkpoint.enabled: whether the trainer writes checkpoints at all."""
+        return self.config.enabled
+
     def should_save(self, step: int) -> bool:
         """True when `step` is a checkpoint step (fixed interval, or Young's formula for 'auto').
 
         With 'auto' only rank 0 measures the cost: the trainer broadcasts rank 0's answer.
         """
-        if self.interval == "auto":
+        if self.config.interval == "auto":
             return step >= self.next_auto_step
-        return step % int(self.interval) == 0
+        return step % int(self.config.interval) == 0
 
     def _plan_next(self, snapshot: _Snapshot) -> None:
         """interval='auto': next save from Young's formula with this save's measured cost, but never sooner
         than the disk can write a checkpoint (else every save would wait for the previous one)."""
-        if self.interval != "auto":
+        if self.config.interval != "auto":
             return
-        n = young_interval(snapshot.cost_s, self.mtbf_s, self._step_time_s)
+        n = young_interval(snapshot.cost_s, self.config.mtbf_s, self._step_time_s)
         n = max(n, math.ceil(self.last_write_s / self._step_time_s))
         self.next_auto_step = snapshot.step + n
         logger.info("checkpoint interval (Young): C=%.3fs MTBF=%.0fs step=%.3fs -> every %d steps",
-                    snapshot.cost_s, self.mtbf_s, self._step_time_s, n)
+                    snapshot.cost_s, self.config.mtbf_s, self._step_time_s, n)
 
     def reset_schedule(self, step: int) -> None:
         """After a resume at `step`: 'auto' re-measures the cost auto_first_step steps later."""
         self.last_saved_step = step
-        if self.interval == "auto":
-            self.next_auto_step = step + self.auto_first_step
+        if self.config.interval == "auto":
+            self.next_auto_step = step + self.config.auto_first_step
 
     def consume_stall(self) -> float:
         """Seconds training was blocked by checkpoints since the last call (for the metrics line)."""
@@ -205,7 +226,7 @@ class CheckpointManager:
                 snapshot.skeleton = {**snapshot.skeleton,
                                      SHARDS_KEY: {"format": "torch.distributed.checkpoint",
                                                   "world_size": torch.distributed.get_world_size()}}
-            if self.asynchronous and not block:
+            if self.config.asynchronous and not block:
                 self._pending = snapshot
                 self._thread = threading.Thread(target=self._copy_and_write, args=(snapshot,),
                                                 name=f"ckpt-writer-{step}", daemon=True)
@@ -300,7 +321,7 @@ class CheckpointManager:
 
     def _prune(self, keep_name: str) -> None:
         complete = sorted(p for p in self.dir.glob("step_*") if p.is_dir())
-        for old in complete[:-self.keep]:
+        for old in complete[:-self.config.keep]:
             if old.name != keep_name:
                 shutil.rmtree(old, ignore_errors=True)
 
@@ -308,23 +329,18 @@ class CheckpointManager:
 
     def latest_path(self) -> Path | None:
         """The checkpoint `latest` points at, or None when there is none yet."""
-        pointer = self.dir / LATEST
-        if not pointer.is_file():
-            return None
-        path = self.dir / pointer.read_text().strip()
-        if not (path / STATE_FILE).is_file() or not (path / TENSORS_FILE).is_file():
-            raise CheckpointError(f"{pointer} points at {path}, which is missing or incomplete")
-        return path
+        return latest_path(self.dir)
 
-    def resume_path(self, on_damaged: Literal["refuse", "fallback"] = "refuse") -> Path | None:
-        """The verified checkpoint to resume from: `latest`'s, or None when there is none yet.
+    def resume_path(self) -> Path | None:
+        """The verified checkpoint to resume from: `latest`'s, or None when there is none yet (or
+        checkpoint.resume is false).
 
-        Damaged (a file missing or not as written): 'refuse' raises CheckpointError naming the file and the
-        newest intact older checkpoint; 'fallback' resumes from that one, with a warning. Collective under a
-        process group: every rank hashes a share of the files and all agree on the answer.
+        Damaged (a file missing or not as written), per checkpoint.on_damaged: 'refuse' raises CheckpointError
+        naming the file and the newest intact older checkpoint; 'fallback' resumes from that one, with a
+        warning. Collective under a process group: every rank hashes a share of the files and all agree.
         """
         pointer = self.dir / LATEST
-        if not pointer.is_file():
+        if not self.config.resume or not pointer.is_file():
             return None
         collective = dist.is_initialized()
         names = [pointer.read_text(errors="replace").strip(),
@@ -350,7 +366,7 @@ class CheckpointManager:
                 _warn_unverified(path)
             if not damaged:
                 return path
-            if on_damaged == "fallback":
+            if self.config.on_damaged == "fallback":
                 if self.rank == 0:
                     for e in damaged:
                         logger.warning("%s; skipped (checkpoint.on_damaged=fallback)", e)

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+
+from ..config import LRScheduleConfig
+
+
+def build_lr_schedule(lr_schedule_config: LRScheduleConfig, *, peak_lr: float, max_steps: int
+                      ) -> Callable[[int], float]:
+    """step (0-based) → learning rate: the WSD schedule of the [lr_schedule] section, rising to `peak_lr`
+    (optimizer.lr) and ending at step `max_steps` (training.max_steps)."""
+    c = lr_schedule_config
+    return functools.partial(wsd_lr, peak_lr=peak_lr, max_steps=max_steps, warmup_steps=c.warmup_steps,
+                             decay_fraction=c.decay_fraction, decay_shape=c.decay_shape, min_lr_ratio=c.min_lr_ratio)
 
 
 def wsd_lr(step: int, *, peak_lr: float, max_steps: int, warmup_steps: int, decay_fraction: float,

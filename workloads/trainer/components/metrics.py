@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import MetricsConfig
+
 logger = logging.getLogger(__name__)
 
 # Dense BF16 peak FLOP/s (no sparsity), matched against torch.cuda.get_device_name().
@@ -36,12 +38,20 @@ def device_peak_flops(device: torch.device, override: float | None = None) -> fl
 
 
 class MetricsLogger:
-    """Appends one JSON object per step to a JSONL file (rank 0 only)."""
+    """Appends one JSON object per step to a JSONL file and prints a console line now and then (rank 0 only).
 
-    def __init__(self, path: str | Path, *, flops_per_token: float, world_size: int,
-                 peak_flops: float | None, enabled: bool = True, resume_step: int = 0):
-        self.path = Path(path)
-        self.flops_per_token, self.world_size, self.peak = flops_per_token, world_size, peak_flops
+    Configured by its own section, [metrics]: the file (metrics.jsonl, default <run_dir>/metrics.jsonl), the
+    console cadence and the MFU peak (metrics.peak_flops, default from `device`'s name).
+    """
+
+    def __init__(self, metrics_config: MetricsConfig, *, run_dir: str | Path, flops_per_token: float,
+                 world_size: int, device: torch.device, enabled: bool = True, resume_step: int = 0):
+        """`flops_per_token` of the model at the run's sequence length; `world_size` devices share each step's
+        tokens; `enabled` on rank 0 only; `resume_step`: lines past it are dropped (trained again)."""
+        self.config = metrics_config
+        self.path = Path(metrics_config.jsonl or Path(run_dir) / "metrics.jsonl")
+        self.flops_per_token, self.world_size = flops_per_token, world_size
+        self.peak = device_peak_flops(device, metrics_config.peak_flops)
         self.enabled = enabled
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +78,17 @@ class MetricsLogger:
         if self.enabled:
             self._file.write(json.dumps(record) + "\n")
         return record
+
+    def log_console(self, record: dict, *, max_steps: int, last: bool) -> None:
+        """Print `record` as one console line at step 1, every metrics.console_every steps and at the `last`
+        step of this run (the end of training, or a preemption)."""
+        step = record["step"]
+        if not self.enabled or not (step % self.config.console_every == 0 or last or step == 1):
+            return
+        mfu = f"{100 * record['mfu']:.1f}%" if record["mfu"] is not None else "n/a"
+        logger.info("step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | mfu %s | ckpt %.3fs",
+                    step, max_steps, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"], mfu,
+                    record["ckpt_stall_s"])
 
     def close(self) -> None:
         """Close the file (rank 0)."""

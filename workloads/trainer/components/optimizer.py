@@ -23,8 +23,10 @@ def build_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig, *, max_steps: int) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA) or AdEMAMix, per `cfg.name`."""
+def build_optimizer(model: nn.Module, optimizer_config: OptimizerConfig, *, max_steps: int) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA) or AdEMAMix, per the [optimizer] section; `max_steps` (training.max_steps) is
+    AdEMAMix's warm-up when optimizer.ademamix_warmup_steps is unset."""
+    cfg = optimizer_config
     groups = build_param_groups(model, cfg.weight_decay)
     on_cuda = next(model.parameters()).is_cuda
     if cfg.name == "adamw":
