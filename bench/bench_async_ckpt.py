@@ -6,7 +6,7 @@ checksumming every file (the manifest, see components/manifest.py) adds to eithe
 A model of ~18 M parameters (≈ 210 MB of weights + AdamW state; --dim/--layers for more) trains on
 CPU with our `train_step`.
 Each rep times the same number of steps five ways, interleaved (the order reversed every other rep): no
-checkpoint; a synchronous save (`CheckpointManager(asynchronous=False)`: copy, write, fsync, hash, rename
+checkpoint; a synchronous save (`checkpoint.asynchronous=false`: copy, write, fsync, hash, rename
 before training continues) and an asynchronous one (copied, written and hashed by the background thread;
 the optimizer waits for the copy only), each with hashing on and off ("off": the checksum function replaced
 by a no-op, everything else identical), issued after the first step. Reported, as median [min – max] over
@@ -40,7 +40,7 @@ from workloads.trainer.components import manifest  # noqa: E402
 from workloads.trainer.components.checkpoint import CheckpointManager  # noqa: E402
 from workloads.trainer.components.optimizer import build_optimizer  # noqa: E402
 from workloads.trainer.components.train_state import get_train_state  # noqa: E402
-from workloads.trainer.config import OptimizerConfig  # noqa: E402
+from workloads.trainer.config import CheckpointConfig, OptimizerConfig  # noqa: E402
 from workloads.trainer.loader import ShardedBatchLoader  # noqa: E402
 from workloads.trainer.model import ModelArgs, Transformer  # noqa: E402
 from workloads.trainer.train import train_step  # noqa: E402
@@ -110,12 +110,13 @@ def main() -> None:
 
     def one_step() -> None:
         train_step(model, optimizer, loader, consumed_samples=consumed[0] % 4000, lr=1e-4, max_grad_norm=1.0,
-                   autocast=contextlib.nullcontext(), goldfish=None)
+                   autocast=contextlib.nullcontext())
         consumed[0] += args.batch
 
     def window(mode: str, rep: int) -> dict:
         """`steps` steps with a save of kind `mode` after the first: wall, blocking, write and step times."""
-        manager = None if mode == "none" else CheckpointManager(root / f"{mode}{rep}", asynchronous="async" in mode)
+        manager = None if mode == "none" else CheckpointManager(
+            CheckpointConfig(dir=str(root / f"{mode}{rep}"), asynchronous="async" in mode), run_dir=root)
         hook = manager.attach(optimizer) if manager is not None else None
         steps: list[tuple[float, bool]] = []  # (seconds, the writer was busy when the step began), after the save
         blocked = 0.0

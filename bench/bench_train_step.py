@@ -92,8 +92,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     total_steps = 2 + args.reps * args.steps
     cfg = load_config(args.config, [f"--job.run_dir={tmp}", f"--training.seq_len={args.seq_len}",
                                     f"--training.micro_batch_size={args.batch}", f"--training.max_steps={total_steps}",
-                                    "--checkpoint.enabled=false", "--training.device=cpu"])
-    ctx = init_distributed("cpu", num_threads=args.threads)
+                                    "--checkpoint.enabled=false", "--training.device=cpu",
+                                    *([f"--training.num_threads={args.threads}"] if args.threads else [])])
+    ctx = init_distributed(cfg.training, cfg.parallel)
     trainer = Trainer(cfg, ctx)
     try:
         m = cfg.model_args()

@@ -6,6 +6,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,7 +85,10 @@ class SiteOps:
         try:
             yield
         except SlurmError as e:  # a client call failed: the daemon that is down says why better than Slurm
-            down = self.down_daemons(names)
+            # a daemon killed a moment ago may still be exiting when its client fails: look for a while
+            deadline = time.monotonic() + 3
+            while not (down := self.down_daemons(names)) and time.monotonic() < deadline:
+                time.sleep(0.1)
             if down:
                 raise DaemonError("\n".join(down)) from None
             raise e

@@ -45,9 +45,20 @@ def journal_has(site, step: str, event: str, node: str) -> bool:
                for r in map(json.loads, j.read_text().splitlines()))
 
 
+def wait_state_saved(site, vcluster: str, since: float) -> None:
+    """Until the controller has written its job state after `since`: a SIGKILL before that loses jobs
+    Slurm had not saved yet (its own crash window, not a move's)."""
+    state = site.root / "vclusters" / vcluster / "ctld" / "job_state"
+    end = time.monotonic() + 30
+    while not (state.exists() and state.stat().st_mtime > since) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert state.exists() and state.stat().st_mtime > since, "slurmctld never saved its job state"
+
+
 def test_source_controller_dying_while_a_move_waits_is_named_with_the_fix(site):
     job = site.sbatch("alpha", "nid002", "sleep 60")
     site.wait_job("alpha", job, ("RUNNING",))
+    wait_state_saved(site, "alpha", time.time())
     site.set_owner("nid002", "beta")
     apply = subprocess.Popen([sys.executable, "-m", "strata.cli", "apply", "--site", str(site.file)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=site.env())
