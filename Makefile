@@ -2,14 +2,17 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-APT_PKGS := slurmctld slurmd slurm-client munge libslurm-dev runc busybox-static squashfs-tools gcc libc6-dev
+APT_PKGS := slurmctld slurmd slurm-client munge libslurm-dev runc busybox-static squashfs-tools gcc libc6-dev \
+            openssh-server openssh-client iproute2
 
 .PHONY: setup apt demo test test-fast bench
 setup: apt $(VENV)/.installed
 
-# installs the Debian packages when any of what they provide is missing (the SPANK header: libslurm-dev)
+# installs the Debian packages when any of what they provide is missing (the SPANK header: libslurm-dev;
+# sshd, ssh, ip: the lab's hosts)
 apt:
-	@for exe in slurmctld slurmd scontrol munged mungekey runc gcc mksquashfs unsquashfs busybox /usr/include/slurm/spank.h; do \
+	@for exe in slurmctld slurmd scontrol munged mungekey runc gcc mksquashfs unsquashfs busybox /usr/include/slurm/spank.h \
+	           /usr/sbin/sshd ssh ssh-keygen ip nsenter unshare; do \
 	  { command -v $$exe || test -e $$exe; } >/dev/null || { echo "installing Debian packages: $(APT_PKGS)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; break; }; \
 	done
@@ -38,3 +41,4 @@ bench: setup
 	$(PY) bench/bench_tokenize.py --mb 8
 	$(PY) bench/bench_train_step.py
 	$(PY) bench/bench_async_ckpt.py
+	$(PY) bench/bench_lab.py

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from iac import nodes_cli
+from iac import lab_cli, nodes_cli
 from iac.cli_common import console, err, handle_errors, ops_for, site_option
 from vocab.layout import Layout, state_root
 from vocab.site import load_site
@@ -34,6 +34,7 @@ def _report(outcomes) -> None:
 def register(app: typer.Typer) -> None:
     """Mount the IaC commands on the root app."""
     nodes_cli.register(app)
+    lab_cli.register(app)
 
     @app.command()
     @handle_errors
