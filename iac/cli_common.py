@@ -46,6 +46,7 @@ def handle_errors(fn):
     from services.ansible.runner import AnsibleError
     from services.slurm.control import SlurmError
     from services.slurm.daemons import DaemonError
+    from iac.drivers.ssh import SshError
 
     @wraps(fn)
     def wrapper(*a, **kw):
@@ -54,7 +55,7 @@ def handle_errors(fn):
         except SiteError as e:
             err.print(f"[red]error:[/] invalid site file\n{e}", markup=True, highlight=False)
             raise typer.Exit(2)
-        except (DaemonError, StateError, AnsibleError, SlurmError) as e:
+        except (DaemonError, StateError, AnsibleError, SlurmError, SshError) as e:
             err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(1)
         except OSError as e:

@@ -13,13 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from iac.drivers import local
 from iac.journal import Journal
 from vocab.layout import Layout
 from iac.plan import Move, Plan
 from iac.plane import Plane
-from services.ansible.slurm_node import configure_nodes
-from services.slurm.daemons import stop_slurmd
 from vocab.site import Site, collect_nodes
 from iac.stranded import stranded_jobs
 from services.slurm.control import NodeState
@@ -51,6 +48,7 @@ class MoveRunner:
     layout: Layout
     planes: dict[str, Plane]
     journal: Journal
+    nodes: object  # the driver's node operations (iac/drivers/nodes.py)
     timeout: float = 600.0
     force: bool = False
     say: Callable[[str], None] = print
@@ -207,8 +205,8 @@ class MoveRunner:
             for m in group:
                 self.journal.record("detach", "start", m.node)
             plane.set_members([n for n in plane.members() if n not in names])
+            self.nodes.stop(sorted(names))
             for m in group:
-                stop_slurmd(self.layout, m.node)
                 self.journal.record("detach", "done", m.node)
             self.say(f"detach  {collect_nodes(names)} from {source}")
 
@@ -216,9 +214,7 @@ class MoveRunner:
         """Boot each node into its target's image (local driver: reset the node root)."""
         for m in moves:
             self.journal.record("reboot", "start", m.node, image=self.site.image_of(m.target))
-            # a node in the free pool runs nothing: also stops a slurmd left by a crash mid-detach
-            stop_slurmd(self.layout, m.node)
-            local.reboot(self.site.nodes[m.node], self.layout.node_root(m.node), m.target, self.site.image_of(m.target))
+            self.nodes.reboot(m.node, m.target)
             self.journal.record("reboot", "done", m.node)
             self.say(f"reboot  {m.node} into {self.site.image_of(m.target)}")
 
@@ -238,7 +234,7 @@ class MoveRunner:
             plane.set_members([n for n in self.site.nodes if n in members], reload=False)
             # drained before its slurmd starts, so no job lands before resume
             plane.slurm.drain([m.node for m in group], move_reason(target))
-        configure_nodes(self.site, self.layout, {m.node: m.target for m in moves}, "admit")
+        self.nodes.configure({m.node: m.target for m in moves}, "admit")
         for target in sorted({m.target for m in moves}):
             # the other members re-read the new slurm.conf; the admitted ones just read it
             self.planes[target].reload_slurmds(skip=frozenset(m.node for m in moves))

@@ -11,17 +11,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from iac.drivers import local
 from iac.journal import Journal
 from vocab.layout import Layout
 from iac.moves import MOVING, MoveRunner, Outcome
 from iac.plan import Plan, make_plan
-from iac.plane import Plane
-from services.ansible.slurm_node import configure_nodes
-from vocab.site import Site
+from iac.drivers.nodes import nodes_of
+from iac.ssh_plane import plane_for
+from vocab.ssh import check_ssh_files
+from vocab.site import Site, SiteError
 from services.ansible.engine import install_container_engine
 from services.slurm.control import SlurmError
-from services.slurm.daemons import DaemonError, check_installed, running_slurmd, stop_slurmd
+from services.slurm.daemons import DaemonError, check_installed
 from vocab.names import owner_key
 
 
@@ -34,7 +34,8 @@ class SiteOps:
         self.site = site
         self.layout = Layout.of(site, state)
         self.say = say
-        self.planes = {v: Plane(site, self.layout, v) for v in site.vclusters}
+        self.planes = {v: plane_for(site, self.layout, v) for v in site.vclusters}
+        self.nodes = nodes_of(site, self.layout)
         self.journal = Journal(self.layout.journal)
 
     @contextmanager
@@ -43,12 +44,13 @@ class SiteOps:
 
         Only root may: the local driver starts and stops every daemon of the site as root.
         """
-        # TODO(issue 8): remove once the ssh driver is wired. Until then refuse an ssh site here (every command
-        # that starts, moves or stops daemons takes this lock) rather than run the local driver on it.
+        # issue 8, in progress: an ssh site's controllers and nodes are configured over SSH (ssh_plane.py,
+        # drivers/nodes.py, the vcluster_* playbooks), but nodes do not yet register valid on the lab. Refuse
+        # here (every command that starts, moves or stops daemons takes this lock) until they do.
         if self.site.spec.driver == "ssh":
-            raise StateError(f"the ssh driver cannot yet start a site: {self.site.path} says driver: ssh, and strata "
-                             "drives only the local driver's emulated nodes so far; `strata plan` shows this site's "
-                             "moves, and a site with driver: local (the default sites/local.yaml) runs here")
+            raise StateError(f"the ssh driver cannot yet start a site: {self.site.path} says driver: ssh, and its "
+                             "nodes do not yet come up valid on the lab; `strata plan` shows this site's moves, "
+                             "`strata lab up` builds its hosts, and driver: local (sites/local.yaml) runs here")
         if self.site.spec.driver == "local" and os.geteuid() != 0:
             raise StateError(f"site {self.site.name} runs its Slurm daemons as root: run this command as root "
                              f"(e.g. sudo strata …); you are uid {os.geteuid()}")
@@ -115,7 +117,7 @@ class SiteOps:
         """Nodes in their vCluster whose move did not reach its resume step."""
         pending = {n for n, t in self.journal.moving().items() if owner_key(observed.get(n)) == t and observed.get(n)}
         for v, plane in self.planes.items():
-            if not plane.ctld.pid():
+            if not (plane.munged.pid() and plane.ctld.pid()):  # this machine's munged first: no SSH for a site that is down
                 continue
             for n, st in plane.slurm.nodes().items():
                 if st.drain and st.reason.startswith(MOVING):
@@ -133,22 +135,22 @@ class SiteOps:
     def _start(self) -> None:
         """Start every controller and the slurmd of every observed member (idempotent)."""
         check_installed()
+        if self.site.spec.driver == "ssh":
+            problems = check_ssh_files(self.site, self.layout)
+            if problems:
+                raise SiteError(self.site.path, problems)
         for name, plane in self.planes.items():
             with self.blaming([name]):
                 plane.up()
         hung = self.down_daemons()  # a munged that runs but does not answer is not restarted by up()
         if hung:
             raise DaemonError("\n".join(hung))
-        missing: dict[str, str | None] = {}
-        for node, owner in self.observe().items():
-            if owner and not running_slurmd(self.layout, node):
-                local.reboot(self.site.nodes[node], self.layout.node_root(node), owner, self.site.image_of(owner))
-                missing[node] = owner
-        if missing:
-            configure_nodes(self.site, self.layout, missing, "start")
-            for v in sorted(set(missing.values())):
+        owned = {n: o for n, o in self.observe().items() if o}
+        started = self.nodes.ensure(owned)
+        if started:
+            for v in sorted({owned[n] for n in started}):
                 self.planes[v].reload_slurmds()
-            self.say(f"started slurmd on {len(missing)} node(s)")
+            self.say(f"started slurmd on {len(started)} node(s)")
 
     def up(self) -> list[Outcome]:
         """Bring the site up as it was; on a fresh state dir, admit every node to its vCluster.
@@ -159,7 +161,8 @@ class SiteOps:
             fresh = self.fresh()
             self._start()
             outcomes = self._apply(None if fresh else self.observe(), timeout=60, force=False)
-            self._install_engine()
+            if self.site.spec.driver == "local":  # the engine reaches ssh nodes in a later step (README)
+                self._install_engine()
             return outcomes
 
     def _install_engine(self) -> None:
@@ -174,8 +177,8 @@ class SiteOps:
     def down(self, purge: bool = False) -> None:
         """Stop every daemon of the site by pid; keep the state unless purge."""
         with self.locked():
-            for node in self.site.nodes:
-                stop_slurmd(self.layout, node)
+            self.nodes.stop([n for n, o in self.observe().items() if o] if self.site.spec.driver == "ssh"
+                            else list(self.site.nodes))  # local: also a slurmd left by a crash mid-detach
             for plane in self.planes.values():
                 plane.down()
         if purge:
@@ -193,7 +196,8 @@ class SiteOps:
         plan = self.plan(desired)
         if plan.problems:
             raise StateError("\n".join(plan.problems))
-        runner = MoveRunner(self.site, self.layout, self.planes, self.journal, timeout=timeout, force=force, say=self.say)
+        runner = MoveRunner(self.site, self.layout, self.planes, self.journal, self.nodes, timeout=timeout, force=force,
+                            say=self.say)
         with self.blaming():
             return runner.run(plan)
 
@@ -221,7 +225,7 @@ class SiteOps:
                         "node": n,
                         "state": st.short if st else ("unknown" if up else "controller down"),
                         "reason": st.reason if st else "",
-                        "slurmd": "running" if running_slurmd(self.layout, n) else "stopped",
+                        "slurmd": "running" if self.nodes.running(n) else "stopped",
                         "moving_to": moving.get(n) if moving.get(n) not in (None, v) else None,
                         "wanted": self.site.desired.get(n),
                     })

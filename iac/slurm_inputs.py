@@ -58,18 +58,24 @@ def slurm_node(site: Site, layout: Layout, node: str) -> SlurmNode:
         real_memory_mb=int(hw.memory_gib * 1024),
         gpus=hw.gpus.count,
         gpu_type=hw.gpus.model,
-        gpu_files=files if hw.gpus.count else "",
+        # hosts standing for bigger nodes (the lab) have no GPU devices: their GPUs are counted, not found
+        gpu_files=files if hw.gpus.count and (local or not site.spec.slurmd_config_overrides) else "",
         features=node_features(site, node),
-        hostname=socket.gethostname() if local else None,
-        addr="127.0.0.1" if local else None,
+        hostname=socket.gethostname() if local else node,
+        addr="127.0.0.1" if local else site.nodes[node].address,
         port=layout.node_port(node) if local else None,
     )
 
 
-def slurm_cluster(site: Site, layout: Layout, vcluster: str, members: list[str]) -> SlurmCluster:
-    """The render input for `vcluster` with exactly `members` as its nodes."""
+def slurm_cluster(site: Site, layout: Layout, vcluster: str, members: list[str], on_hosts: bool = False) -> SlurmCluster:
+    """The render input for `vcluster` with exactly `members` as its nodes.
+
+    driver: ssh renders two: the one strata's own clients use here (`on_hosts=False`: this machine's munged
+    of the vCluster), and the one its controller and nodes read (their own munged, Slurm's default socket).
+    """
     vc = site.vclusters[vcluster]
     local = site.spec.driver == "local"
+    ctl = vc.controller
     nodes_dir = layout.nodes_dir
     groups = vc.access.groups if vc.access else ()  # every partition: the vCluster is theirs as a whole
     parts = []
@@ -79,21 +85,22 @@ def slurm_cluster(site: Site, layout: Layout, vcluster: str, members: list[str])
     return SlurmCluster(
         name=vcluster,
         source=str(site.path),
-        ctld_host=socket.gethostname() if local else f"{vcluster}-ctld",
-        ctld_addr="127.0.0.1" if local else None,
+        ctld_host=socket.gethostname() if local else (ctl.host if ctl else f"{vcluster}-ctld"),
+        ctld_addr="127.0.0.1" if local else (ctl.address if ctl else None),
         ctld_port=layout.ctld_port(vcluster),
-        munge_socket=str(layout.munge_socket(vcluster)),
-        state_dir=str(layout.ctld_dir(vcluster)),
-        ctld_pidfile=str(layout.ctld_pidfile(vcluster)),
-        ctld_log=str(layout.log_dir(vcluster) / "slurmctld.log"),
+        munge_socket="" if on_hosts else str(layout.munge_socket(vcluster)),
+        state_dir=str(layout.ctld_dir(vcluster)) if local else "/var/spool/slurmctld",
+        ctld_pidfile=str(layout.ctld_pidfile(vcluster)) if local else "/run/slurmctld.pid",
+        ctld_log=str(layout.log_dir(vcluster) / "slurmctld.log") if local else "/var/log/slurm/slurmctld.log",
         slurmd_spool=f"{nodes_dir}/%n/spool" if local else "/var/spool/slurmd",
         slurmd_pidfile=f"{nodes_dir}/%n/slurmd.pid" if local else "/run/slurmd.pid",
         slurmd_log=f"{nodes_dir}/%n/log/slurmd.log" if local else "/var/log/slurm/slurmd.log",
-        config_overrides=local,
+        config_overrides=local or site.spec.slurmd_config_overrides,
         max_node_count=max(64, 2 * len(site.nodes)),
-        prolog=str(wrapper_path(site, layout, vcluster, "prolog")),
-        epilog=str(wrapper_path(site, layout, vcluster, "epilog")),
-        task_prolog=str(wrapper_path(site, layout, vcluster, "taskprolog")),
+        # the prolog parts do not reach ssh nodes yet (they run strata's Python): no wrappers named there
+        prolog=str(wrapper_path(site, layout, vcluster, "prolog")) if local else None,
+        epilog=str(wrapper_path(site, layout, vcluster, "epilog")) if local else None,
+        task_prolog=str(wrapper_path(site, layout, vcluster, "taskprolog")) if local else None,
         nodes=tuple(slurm_node(site, layout, n) for n in members),
         partitions=tuple(parts),
     )

@@ -254,6 +254,13 @@ class SiteSpec(_Model):
     platforms: dict[str, Platform] = Field(default_factory=dict, description="Platforms and their vClusters.")
     ssh: Ssh | None = Field(None, description="driver: ssh only: how strata logs in (default: root, port 22, "
                             "key and known_hosts under the state dir).")
+    service_manager: Literal["systemd", "none"] = Field(
+        "systemd", description="driver: ssh: how the hosts' daemons (munged, slurmctld, slurmd) are run: "
+        "systemd units, or started and stopped by pid on hosts without a service manager (the lab).")
+    slurmd_config_overrides: bool = Field(
+        False, description="driver: ssh: nodes announce the site file's hardware, not what slurmd detects "
+        "(Slurm's SlurmdParameters=config_overrides): for a lab whose hosts stand for bigger nodes. The local "
+        "driver always does.")
     reboot: Reboot | None = Field(None, description="driver: ssh only (and required there): how a node boots "
                                   "into an image.")
 
