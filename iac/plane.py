@@ -98,10 +98,14 @@ class Plane:
             if pid:
                 os.kill(pid, signal.SIGHUP)
                 expect[n] = pid
+        self.wait_responding(list(expect), timeout)
+
+    def wait_responding(self, nodes: list[str], timeout: float) -> None:
+        """Until the controller sees every one of `nodes` responding (or the timeout)."""
         deadline = time.monotonic() + timeout
-        while expect and time.monotonic() < deadline:
+        while nodes and time.monotonic() < deadline:
             states = self.slurm.nodes()
-            if all(states.get(n) and states[n].responding for n in expect):
+            if all(states.get(n) and states[n].responding for n in nodes):
                 return
             time.sleep(0.05)
 

@@ -121,12 +121,7 @@ class SshPlane(Plane):
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             expect = [n for n, ok in zip(hup, pool.map(one, hup)) if ok]
-        deadline = time.monotonic() + timeout
-        while expect and time.monotonic() < deadline:
-            states = self.slurm.nodes()
-            if all(states.get(n) and states[n].responding for n in expect):
-                return
-            time.sleep(0.1)
+        self.wait_responding(expect, timeout)
 
     def down(self) -> None:
         self.ctld.stop()

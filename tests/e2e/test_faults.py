@@ -55,16 +55,22 @@ def wait_state_saved(site, vcluster: str, since: float) -> None:
     assert state.exists() and state.stat().st_mtime > since, "slurmctld never saved its job state"
 
 
+def apply_waiting_on(site, node: str) -> subprocess.Popen:
+    """`strata apply` in the background, returned once it waits for the jobs on `node`."""
+    apply = subprocess.Popen([sys.executable, "-m", "strata.cli", "apply", "--site", str(site.file)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=site.env())
+    end = time.monotonic() + 60
+    while not journal_has(site, "wait", "start", node) and time.monotonic() < end:
+        time.sleep(0.05)
+    return apply
+
+
 def test_source_controller_dying_while_a_move_waits_is_named_with_the_fix(site):
     job = site.sbatch("alpha", "nid002", "sleep 60")
     site.wait_job("alpha", job, ("RUNNING",))
     wait_state_saved(site, "alpha", time.time())
     site.set_owner("nid002", "beta")
-    apply = subprocess.Popen([sys.executable, "-m", "strata.cli", "apply", "--site", str(site.file)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=site.env())
-    end = time.monotonic() + 60
-    while not journal_has(site, "wait", "start", "nid002") and time.monotonic() < end:
-        time.sleep(0.05)
+    apply = apply_waiting_on(site, "nid002")
     os.kill(pid_of(site.root / "vclusters/alpha/ctld/slurmctld.pid"), signal.SIGKILL)
     out, errout = apply.communicate(timeout=120)
     r = subprocess.CompletedProcess(apply.args, apply.returncode, out, errout)
@@ -97,11 +103,7 @@ def test_a_munged_killed_during_a_move_is_started_again_by_the_move(site):
     job = site.sbatch("alpha", "nid002", "sleep 3")
     site.wait_job("alpha", job, ("RUNNING",))
     site.set_owner("nid002", "beta")
-    apply = subprocess.Popen([sys.executable, "-m", "strata.cli", "apply", "--site", str(site.file)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=site.env())
-    end = time.monotonic() + 60
-    while not journal_has(site, "wait", "start", "nid002") and time.monotonic() < end:
-        time.sleep(0.05)
+    apply = apply_waiting_on(site, "nid002")
     os.kill(pid_of(site.root / "vclusters/beta/munge/munged.pid"), signal.SIGKILL)
     out, errout = apply.communicate(timeout=120)
     assert apply.returncode == 0, out + errout
