@@ -88,7 +88,7 @@ class SiteOps:
             yield
         except SlurmError as e:  # a client call failed: the daemon that is down says why better than Slurm
             # a daemon killed a moment ago may still be exiting when its client fails: look for a while
-            deadline = time.monotonic() + 3
+            deadline = time.monotonic() + 10
             while not (down := self.down_daemons(names)) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if down:

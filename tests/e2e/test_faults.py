@@ -45,16 +45,6 @@ def journal_has(site, step: str, event: str, node: str) -> bool:
                for r in map(json.loads, j.read_text().splitlines()))
 
 
-def wait_state_saved(site, vcluster: str, since: float) -> None:
-    """Until the controller has written its job state after `since`: a SIGKILL before that loses jobs
-    Slurm had not saved yet (its own crash window, not a move's)."""
-    state = site.root / "vclusters" / vcluster / "ctld" / "job_state"
-    end = time.monotonic() + 30
-    while not (state.exists() and state.stat().st_mtime > since) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert state.exists() and state.stat().st_mtime > since, "slurmctld never saved its job state"
-
-
 def apply_waiting_on(site, node: str) -> subprocess.Popen:
     """`strata apply` in the background, returned once it waits for the jobs on `node`."""
     apply = subprocess.Popen([sys.executable, "-m", "strata.cli", "apply", "--site", str(site.file)],
@@ -68,10 +58,11 @@ def apply_waiting_on(site, node: str) -> subprocess.Popen:
 def test_source_controller_dying_while_a_move_waits_is_named_with_the_fix(site):
     job = site.sbatch("alpha", "nid002", "sleep 60")
     site.wait_job("alpha", job, ("RUNNING",))
-    wait_state_saved(site, "alpha", time.time())
     site.set_owner("nid002", "beta")
     apply = apply_waiting_on(site, "nid002")
-    os.kill(pid_of(site.root / "vclusters/alpha/ctld/slurmctld.pid"), signal.SIGKILL)
+    # SIGTERM: the controller saves its state as it stops (a SIGKILL can lose a job Slurm saved a moment late,
+    # which is Slurm's crash window, not a move's); strata sees a controller that is gone either way
+    os.kill(pid_of(site.root / "vclusters/alpha/ctld/slurmctld.pid"), signal.SIGTERM)
     out, errout = apply.communicate(timeout=120)
     r = subprocess.CompletedProcess(apply.args, apply.returncode, out, errout)
     assert_one_clear_error(r, "slurmctld of vCluster alpha is not running", f"strata up --site {site.file}")
